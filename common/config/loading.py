@@ -1,0 +1,51 @@
+"""Hydra composition: the only place that turns argv overrides into a typed config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from common.config.schema import (
+    ActorConfig, AlgoConfig, EnvConfig, LearnerConfig, ModelConfig, PushcutConfig, StoreConfig,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+_GROUP_SCHEMAS = {
+    "env": EnvConfig, "model": ModelConfig, "algo": AlgoConfig,
+    "store": StoreConfig, "actor": ActorConfig, "learner": LearnerConfig,
+}
+_registered = False
+
+
+def register_configs() -> None:
+    """Register the root schema and one schema per group (``<group>/schema``)."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="pushcut_schema", node=PushcutConfig)
+    for group, node in _GROUP_SCHEMAS.items():
+        cs.store(group=group, name="schema", node=node)
+    _registered = True
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> PushcutConfig:
+    """Compose ``configs/<config_name>.yaml`` with CLI-style overrides into a PushcutConfig.
+
+    Raises hydra/omegaconf errors with the offending key for unknown keys or bad types.
+    """
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, PushcutConfig), type(obj)
+    return obj
+
+
+def to_yaml(cfg: object) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,46 @@
+"""Realistic synthetic trajectory records, for the ingest benchmark and tests.
+
+Images are smooth gradients plus noise (compressible like camera frames, not constant),
+the rest random within each field's contract.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+
+from common.trajectory import Trajectory
+
+
+def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, group_size: int = 8,
+                    length: int = 100, chunk_size: int = 8, action_dim: int = 7,
+                    cameras: int = 1, image_size: int = 64, proprio_dim: int = 8,
+                    policy_version: int = 0, success: bool | None = None,
+                    task_id: str = "spatial/0", init_state_id: int = 0,
+                    actor_id: str = "synthetic", trajectory_id: str | None = None) -> Trajectory:
+    T = math.ceil(length / chunk_size)
+    K = chunk_size * action_dim
+    ramp = np.linspace(0, 255, image_size, dtype=np.float32)
+    base = (ramp[None, :, None] + ramp[:, None, None]) / 2
+    noise = rng.integers(0, 32, size=(T, cameras, image_size, image_size, 3))
+    images = np.clip(base + noise, 0, 255).astype(np.uint8)
+    valid = np.zeros((T, chunk_size), dtype=bool)
+    valid.reshape(-1)[:length] = True
+    expert = policy_version < 0
+    return Trajectory(
+        trajectory_id=trajectory_id or uuid.uuid4().hex,
+        group_id=group_id or uuid.uuid4().hex,
+        actor_id=actor_id, task_id=task_id,
+        instruction="put the red cube on the plate",
+        init_state_id=init_state_id, policy_version=policy_version, group_size=group_size,
+        success=bool(rng.random() < 0.5) if success is None else success,
+        length=length, temperature=1.6,
+        images=images,
+        proprio=rng.standard_normal((T, proprio_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (T, chunk_size, action_dim)).astype(np.float32),
+        action_tokens=rng.integers(0, 256, (T, 0 if expert else K)).astype(np.int16),
+        behaviour_log_probs=-rng.exponential(3.0, (T, 0 if expert else K)).astype(np.float32),
+        valid_mask=np.repeat(valid, action_dim, axis=1),
+        created_at=1.7e9, timings={"env_s": 1.0, "inference_s": 0.5, "wait_s": 0.0},
+    )

@@ -1,0 +1,241 @@
+"""The trajectory record: the one wire contract between actors and the learner side.
+
+A trajectory is one episode of one group member. It goes over ZeroMQ and into LMDB as a
+single msgpack map (never pickle). Arrays travel as ``{"dtype", "shape", "data"}`` with
+the dtype fixed per field; :func:`decode` validates every field and raises
+:class:`WireError` with a machine-readable ``reason`` and a human-readable detail.
+
+Shapes (T decisions, V cameras, H×W images, P proprio dims, C chunk steps, D action dims,
+K = C·D tokens per decision; K = 0 for scripted-expert records, ``policy_version == -1``):
+
+========================  =========  ===================
+images                    uint8      [T, V, H, W, 3]
+proprio                   float32    [T, P]
+actions                   float32    [T, C, D]   continuous actions sent to the env
+action_tokens             int16      [T, K]      bin index per token (0..num_bins-1)
+behaviour_log_probs       float32    [T, K]      log-prob of each token at ``temperature``
+valid_mask                bool       [T, C·D]    token executed (steps after the end are not)
+========================  =========  ===================
+
+``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and
+``valid_mask.sum() == length · D``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+EXPERT_VERSION = -1          # policy_version of scripted-expert demonstrations
+DEFAULT_MAX_BYTES = 64 << 20
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 4096
+
+ARRAY_DTYPES: dict[str, np.dtype] = {
+    "images": np.dtype(np.uint8),
+    "proprio": np.dtype(np.float32),
+    "actions": np.dtype(np.float32),
+    "action_tokens": np.dtype(np.int16),
+    "behaviour_log_probs": np.dtype(np.float32),
+    "valid_mask": np.dtype(np.bool_),
+}
+ARRAY_NDIMS = {"images": 5, "proprio": 2, "actions": 3, "action_tokens": 2,
+               "behaviour_log_probs": 2, "valid_mask": 2}
+# scalar field -> accepted python types (bool is not an int here)
+SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "trajectory_id": (str,), "group_id": (str,), "actor_id": (str,), "task_id": (str,),
+    "instruction": (str,), "init_state_id": (int,), "policy_version": (int,),
+    "group_size": (int,), "success": (bool,), "length": (int,), "temperature": (float, int),
+    "created_at": (float, int), "timings": (dict,),
+}
+FIELDS = ("schema", *SCALAR_TYPES, *ARRAY_DTYPES)
+
+
+class WireError(ValueError):
+    """A message that does not satisfy the contract. ``reason`` is one of:
+    too_large, not_msgpack, not_a_map, unknown_version, missing_field, extra_field,
+    wrong_type, bad_dtype, bad_shape, length_mismatch, bad_value."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Trajectory:
+    trajectory_id: str
+    group_id: str
+    actor_id: str
+    task_id: str
+    instruction: str
+    init_state_id: int
+    policy_version: int
+    group_size: int
+    success: bool
+    length: int
+    temperature: float
+    images: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    action_tokens: np.ndarray
+    behaviour_log_probs: np.ndarray
+    valid_mask: np.ndarray
+    created_at: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_decisions(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[2])
+
+    @property
+    def is_expert(self) -> bool:
+        return self.policy_version == EXPERT_VERSION
+
+    def equals(self, other: "Trajectory") -> bool:
+        """Field-by-field equality, arrays compared by dtype, shape and bytes."""
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray):
+                if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                    return False
+            elif a != b:
+                return False
+        return True
+
+
+def _pack_array(arr: np.ndarray) -> dict[str, Any]:
+    arr = np.ascontiguousarray(arr)
+    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def encode(traj: Trajectory) -> bytes:
+    """Trajectory -> msgpack bytes. Validates first, so nothing malformed leaves a sender."""
+    msg: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    for name in SCALAR_TYPES:
+        msg[name] = getattr(traj, name)
+    msg["temperature"] = float(traj.temperature)
+    msg["created_at"] = float(traj.created_at)
+    msg["timings"] = {str(k): float(v) for k, v in traj.timings.items()}
+    for name, dtype in ARRAY_DTYPES.items():
+        arr = np.asarray(getattr(traj, name))
+        if arr.dtype != dtype:
+            raise WireError("bad_dtype", f"{name}: {arr.dtype} (expected {dtype})")
+        msg[name] = _pack_array(arr)
+    raw = msgpack.packb(msg, use_bin_type=True)
+    decode(raw, max_bytes=max(DEFAULT_MAX_BYTES, len(raw)))  # same checks as the receiver
+    return raw
+
+
+def _unpack_array(name: str, obj: Any, max_bytes: int) -> np.ndarray:
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise WireError("wrong_type", f"{name}: expected a map with dtype, shape, data")
+    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(dtype, str) or not isinstance(data, bytes) or not isinstance(shape, list):
+        raise WireError("wrong_type", f"{name}: dtype must be str, shape list, data bytes")
+    try:
+        got = np.dtype(dtype)
+    except TypeError:
+        raise WireError("bad_dtype", f"{name}: unknown dtype {dtype!r}") from None
+    if got != ARRAY_DTYPES[name] or got.hasobject:
+        raise WireError("bad_dtype", f"{name}: {dtype} (expected {ARRAY_DTYPES[name].str})")
+    if len(shape) != ARRAY_NDIMS[name] or not all(
+            type(s) is int and 0 <= s <= max_bytes for s in shape):
+        raise WireError("bad_shape", f"{name}: shape {shape} (expected {ARRAY_NDIMS[name]} dims)")
+    if math.prod(shape) * got.itemsize != len(data):
+        raise WireError("length_mismatch",
+                        f"{name}: {len(data)} bytes for shape {shape} of {got.str}")
+    arr = np.frombuffer(data, dtype=got).reshape(shape)
+    if name == "valid_mask" and arr.size and arr.view(np.uint8).max() > 1:
+        raise WireError("bad_value", "valid_mask: bytes other than 0/1")
+    return arr
+
+
+def _check_scalars(msg: dict[str, Any]) -> None:
+    for name, types in SCALAR_TYPES.items():
+        value = msg[name]
+        if isinstance(value, bool) and bool not in types:
+            raise WireError("wrong_type", f"{name}: bool (expected {types[0].__name__})")
+        if not isinstance(value, types):
+            raise WireError("wrong_type", f"{name}: {type(value).__name__} "
+                                          f"(expected {' or '.join(t.__name__ for t in types)})")
+        if isinstance(value, str):
+            limit = MAX_TEXT_LEN if name == "instruction" else MAX_ID_LEN
+            if len(value) > limit or (name != "instruction" and not value):
+                raise WireError("bad_value", f"{name}: length {len(value)} not in [1, {limit}]")
+    if not all(isinstance(k, str) and isinstance(v, (float, int)) and not isinstance(v, bool)
+               for k, v in msg["timings"].items()):
+        raise WireError("wrong_type", "timings: expected a map of str to float")
+    if msg["group_size"] < 1 or msg["length"] < 1 or msg["init_state_id"] < 0:
+        raise WireError("bad_value", "group_size and length must be >= 1, init_state_id >= 0")
+    if msg["policy_version"] < EXPERT_VERSION:
+        raise WireError("bad_value", f"policy_version {msg['policy_version']} < -1")
+    if not (msg["temperature"] >= 0.0 and math.isfinite(msg["temperature"])):
+        raise WireError("bad_value", f"temperature {msg['temperature']} is not finite and >= 0")
+
+
+def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    T = arrays["images"].shape[0]
+    for name, arr in arrays.items():
+        if arr.shape[0] != T:
+            raise WireError("bad_shape", f"{name}: {arr.shape[0]} decisions, images have {T}")
+    if arrays["images"].shape[-1] != 3 or T < 1:
+        raise WireError("bad_shape", f"images: shape {arrays['images'].shape} "
+                                     "(expected [T>=1, V, H, W, 3])")
+    _, C, D = arrays["actions"].shape
+    K = arrays["action_tokens"].shape[1]
+    expert = msg["policy_version"] == EXPERT_VERSION
+    if K != (0 if expert else C * D) or arrays["behaviour_log_probs"].shape[1] != K:
+        raise WireError("bad_shape", f"action_tokens/behaviour_log_probs: {K} tokens per decision "
+                                     f"(expected {0 if expert else C * D} = C*D, 0 for experts)")
+    if arrays["valid_mask"].shape[1] != C * D:
+        raise WireError("bad_shape", f"valid_mask: {arrays['valid_mask'].shape[1]} per decision "
+                                     f"(expected C*D = {C * D})")
+    length = msg["length"]
+    if T != math.ceil(length / C) or int(arrays["valid_mask"].sum()) != length * D:
+        raise WireError("length_mismatch", f"length {length} needs ceil(length/C) = "
+                        f"{math.ceil(length / C)} decisions and {length * D} valid tokens; got "
+                        f"{T} decisions and {int(arrays['valid_mask'].sum())} valid tokens")
+
+
+def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
+    """msgpack bytes -> Trajectory, or WireError naming the first violated rule."""
+    if len(raw) > max_bytes:
+        raise WireError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise WireError("not_msgpack", f"{type(exc).__name__}: {exc}"[:200]) from None
+    if not isinstance(msg, dict):
+        raise WireError("not_a_map", f"top level is {type(msg).__name__}")
+    if "schema" not in msg:
+        raise WireError("missing_field", "schema")
+    if msg["schema"] != SCHEMA_VERSION or isinstance(msg["schema"], bool):
+        raise WireError("unknown_version", f"schema {msg['schema']!r} (this build reads "
+                                           f"{SCHEMA_VERSION})")
+    missing = [f for f in FIELDS if f not in msg]
+    if missing:
+        raise WireError("missing_field", ", ".join(missing))
+    extra = [str(k) for k in msg if k not in FIELDS]
+    if extra:
+        raise WireError("extra_field", ", ".join(sorted(extra))[:200])
+    _check_scalars(msg)
+    arrays = {name: _unpack_array(name, msg[name], max_bytes) for name in ARRAY_DTYPES}
+    _check_shapes(msg, arrays)
+    scalars = {k: msg[k] for k in SCALAR_TYPES}
+    scalars["temperature"] = float(scalars["temperature"])
+    scalars["created_at"] = float(scalars["created_at"])
+    scalars["timings"] = {k: float(v) for k, v in scalars["timings"].items()}
+    return Trajectory(**scalars, **arrays)
