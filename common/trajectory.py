@@ -17,8 +17,13 @@ behaviour_log_probs       float32    [T, K]      log-prob of each token at ``tem
 valid_mask                bool       [T, C·D]    token executed (steps after the end are not)
 ========================  =========  ===================
 
-``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and
-``valid_mask.sum() == length · D``.
+``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and the
+valid tokens are exactly those of the first ``length`` steps (step-major: token ``c·D + d``
+of decision ``t`` belongs to step ``t·C + c``), hence ``valid_mask.sum() == length · D``.
+
+On the wire every array is little-endian and its ``dtype`` string is exactly the one in
+:data:`WIRE_DTYPES` (``"|u1"``, ``"<f4"``, ``"<i2"``, ``"|b1"``): the receiver compares strings
+and never asks numpy to parse a string it did not write, so ``encode(decode(raw)) == raw``.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ ARRAY_DTYPES: dict[str, np.dtype] = {
     "behaviour_log_probs": np.dtype(np.float32),
     "valid_mask": np.dtype(np.bool_),
 }
+WIRE_DTYPES = {name: dt.newbyteorder("<").str for name, dt in ARRAY_DTYPES.items()}
 ARRAY_NDIMS = {"images": 5, "proprio": 2, "actions": 3, "action_tokens": 2,
                "behaviour_log_probs": 2, "valid_mask": 2}
 # scalar field -> accepted python types (bool is not an int here)
@@ -116,25 +122,36 @@ class Trajectory:
         return True
 
 
-def _pack_array(arr: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(arr)
-    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+def _pack_array(name: str, arr: np.ndarray) -> dict[str, Any]:
+    arr = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[name])  # little-endian on every host
+    return {"dtype": WIRE_DTYPES[name], "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def _plain(value: Any) -> Any:
+    # actors naturally hand over numpy scalars (np.bool_, np.int64); msgpack only packs builtins
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def encode(traj: Trajectory) -> bytes:
     """Trajectory -> msgpack bytes. Validates first, so nothing malformed leaves a sender."""
     msg: dict[str, Any] = {"schema": SCHEMA_VERSION}
     for name in SCALAR_TYPES:
-        msg[name] = getattr(traj, name)
-    msg["temperature"] = float(traj.temperature)
-    msg["created_at"] = float(traj.created_at)
-    msg["timings"] = {str(k): float(v) for k, v in traj.timings.items()}
+        msg[name] = _plain(getattr(traj, name))
+    try:
+        msg["temperature"] = float(traj.temperature)
+        msg["created_at"] = float(traj.created_at)
+        msg["timings"] = {str(k): float(v) for k, v in dict(traj.timings).items()}
+    except (TypeError, ValueError) as exc:
+        raise WireError("wrong_type", f"temperature, created_at or timings: {exc}") from None
     for name, dtype in ARRAY_DTYPES.items():
         arr = np.asarray(getattr(traj, name))
         if arr.dtype != dtype:
             raise WireError("bad_dtype", f"{name}: {arr.dtype} (expected {dtype})")
-        msg[name] = _pack_array(arr)
-    raw = msgpack.packb(msg, use_bin_type=True)
+        msg[name] = _pack_array(name, arr)
+    try:
+        raw = msgpack.packb(msg, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError("wrong_type", f"not encodable: {exc}"[:200]) from None
     decode(raw, max_bytes=max(DEFAULT_MAX_BYTES, len(raw)))  # same checks as the receiver
     return raw
 
@@ -145,12 +162,9 @@ def _unpack_array(name: str, obj: Any, max_bytes: int) -> np.ndarray:
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
     if not isinstance(dtype, str) or not isinstance(data, bytes) or not isinstance(shape, list):
         raise WireError("wrong_type", f"{name}: dtype must be str, shape list, data bytes")
-    try:
-        got = np.dtype(dtype)
-    except TypeError:
-        raise WireError("bad_dtype", f"{name}: unknown dtype {dtype!r}") from None
-    if got != ARRAY_DTYPES[name] or got.hasobject:
-        raise WireError("bad_dtype", f"{name}: {dtype} (expected {ARRAY_DTYPES[name].str})")
+    if dtype != WIRE_DTYPES[name]:
+        raise WireError("bad_dtype", f"{name}: {dtype[:40]!r} (expected {WIRE_DTYPES[name]!r})")
+    got = ARRAY_DTYPES[name]
     if len(shape) != ARRAY_NDIMS[name] or not all(
             type(s) is int and 0 <= s <= max_bytes for s in shape):
         raise WireError("bad_shape", f"{name}: shape {shape} (expected {ARRAY_NDIMS[name]} dims)")
@@ -160,6 +174,8 @@ def _unpack_array(name: str, obj: Any, max_bytes: int) -> np.ndarray:
     arr = np.frombuffer(data, dtype=got).reshape(shape)
     if name == "valid_mask" and arr.size and arr.view(np.uint8).max() > 1:
         raise WireError("bad_value", "valid_mask: bytes other than 0/1")
+    if name == "action_tokens" and arr.size and arr.min() < 0:
+        raise WireError("bad_value", f"action_tokens: negative bin index {int(arr.min())}")
     return arr
 
 
@@ -172,9 +188,11 @@ def _check_scalars(msg: dict[str, Any]) -> None:
             raise WireError("wrong_type", f"{name}: {type(value).__name__} "
                                           f"(expected {' or '.join(t.__name__ for t in types)})")
         if isinstance(value, str):
+            # ids become LMDB keys (at most 511 bytes), so their limit is in UTF-8 bytes
             limit = MAX_TEXT_LEN if name == "instruction" else MAX_ID_LEN
-            if len(value) > limit or (name != "instruction" and not value):
-                raise WireError("bad_value", f"{name}: length {len(value)} not in [1, {limit}]")
+            size = len(value.encode())
+            if size > limit or (name != "instruction" and not value):
+                raise WireError("bad_value", f"{name}: {size} UTF-8 bytes, not in [1, {limit}]")
     if not all(isinstance(k, str) and isinstance(v, (float, int)) and not isinstance(v, bool)
                for k, v in msg["timings"].items()):
         raise WireError("wrong_type", "timings: expected a map of str to float")
@@ -184,6 +202,8 @@ def _check_scalars(msg: dict[str, Any]) -> None:
         raise WireError("bad_value", f"policy_version {msg['policy_version']} < -1")
     if not (msg["temperature"] >= 0.0 and math.isfinite(msg["temperature"])):
         raise WireError("bad_value", f"temperature {msg['temperature']} is not finite and >= 0")
+    if not math.isfinite(msg["created_at"]):
+        raise WireError("bad_value", f"created_at {msg['created_at']} is not finite")
 
 
 def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -191,10 +211,13 @@ def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     for name, arr in arrays.items():
         if arr.shape[0] != T:
             raise WireError("bad_shape", f"{name}: {arr.shape[0]} decisions, images have {T}")
-    if arrays["images"].shape[-1] != 3 or T < 1:
-        raise WireError("bad_shape", f"images: shape {arrays['images'].shape} "
-                                     "(expected [T>=1, V, H, W, 3])")
+    if arrays["images"].shape[-1] != 3 or min(arrays["images"].shape[:4]) < 1:
+        raise WireError("bad_shape", f"images: shape {list(arrays['images'].shape)} "
+                                     "(expected [T>=1, V>=1, H>=1, W>=1, 3])")
     _, C, D = arrays["actions"].shape
+    if C < 1 or D < 1:
+        raise WireError("bad_shape", f"actions: shape {list(arrays['actions'].shape)} "
+                                     "(expected [T, C>=1, D>=1])")
     K = arrays["action_tokens"].shape[1]
     expert = msg["policy_version"] == EXPERT_VERSION
     if K != (0 if expert else C * D) or arrays["behaviour_log_probs"].shape[1] != K:
@@ -208,12 +231,19 @@ def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise WireError("length_mismatch", f"length {length} needs ceil(length/C) = "
                         f"{math.ceil(length / C)} decisions and {length * D} valid tokens; got "
                         f"{T} decisions and {int(arrays['valid_mask'].sum())} valid tokens")
+    if not arrays["valid_mask"].reshape(T * C, D)[:length].all():
+        raise WireError("length_mismatch", f"valid_mask: the tokens of the first {length} steps "
+                                           "must be the valid ones")
 
 
 def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
-    """msgpack bytes -> Trajectory, or WireError naming the first violated rule."""
-    if len(raw) > max_bytes:
-        raise WireError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    """msgpack bytes (or any bytes-like) -> Trajectory, or WireError naming the first violated
+    rule. The arrays of the result are read-only views of buffers that msgpack made."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise WireError("wrong_type", f"message is {type(raw).__name__}, not bytes")
+    size = memoryview(raw).nbytes
+    if size > max_bytes:
+        raise WireError("too_large", f"{size} bytes > limit {max_bytes}")
     try:
         msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -222,7 +252,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
         raise WireError("not_a_map", f"top level is {type(msg).__name__}")
     if "schema" not in msg:
         raise WireError("missing_field", "schema")
-    if msg["schema"] != SCHEMA_VERSION or isinstance(msg["schema"], bool):
+    if type(msg["schema"]) is not int or msg["schema"] != SCHEMA_VERSION:
         raise WireError("unknown_version", f"schema {msg['schema']!r} (this build reads "
                                            f"{SCHEMA_VERSION})")
     missing = [f for f in FIELDS if f not in msg]

@@ -68,6 +68,7 @@ class StoreConfig:
     capacity: int = 20000             # trajectories kept; beyond it evict consumed, then stalest
     map_size_mb: int = 256            # initial LMDB map; grows on MapFullError
     max_message_mb: int = 64
+    max_batch: int = 16               # received messages committed in one LMDB transaction
     log_every_s: float = 5.0
     curve_secret_key: Optional[str] = None     # path to this server's secret key file
     curve_authorized_dir: Optional[str] = None # directory of accepted client public keys

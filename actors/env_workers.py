@@ -1,0 +1,326 @@
+"""Env workers: one simulator each, stepped one action chunk per request.
+
+In: a :class:`~actors.envs.base.TaskEnv` (in-process) or an ``EnvConfig`` + seed (subprocess).
+Out: :class:`ChunkResult` per chunk of C actions, and observations after resets.
+
+A rollout drives every worker the same way: ``start_reset``/``start_chunk`` on all of them,
+then ``result()`` on each, so subprocess workers step in parallel while in-process ones
+simply compute at ``start_*``. A chunk renders only on its last step (the policy needs an
+observation every C control steps), or on every step when a video is being recorded.
+
+Subprocess workers (heavy simulators such as LIBERO) are separate OS processes started with
+``python -m actors.env_workers ADDRESS ENV_CONFIG_JSON SEED``; they talk over a ZeroMQ PAIR
+socket on an ipc:// path, msgpack maps with arrays as ``{dtype, shape, data}`` (never
+pickle). A worker process exits when its parent goes away.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from actors.envs.base import TaskEnv, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class EnvWorkerError(RuntimeError):
+    """An env worker failed (its exception text is included) or died."""
+
+
+@dataclass
+class ChunkResult:
+    steps: int                          # control steps executed (<= C)
+    success: bool
+    done: bool                          # success, env step limit, or ``steps_left`` used up
+    obs: dict[str, np.ndarray] | None   # observation after the last step; None when done
+    frames: list[np.ndarray] = field(default_factory=list)  # agentview [H, W, 3] per step
+    env_s: float = 0.0
+
+
+def run_chunk(env: TaskEnv, actions: np.ndarray, steps_left: int,
+              record_video: bool = False) -> ChunkResult:
+    """Step ``env`` through ``actions`` float32 [C, D], stopping at done or after
+    ``steps_left`` steps; render on the chunk's last step only (every step if recording)."""
+    t0 = time.perf_counter()
+    last = min(len(actions), steps_left) - 1
+    frames, obs, success, done, steps = [], None, False, False, 0
+    for i in range(last + 1):
+        res = env.step(actions[i], render=record_video or i == last)
+        steps += 1
+        if record_video and res.obs is not None:
+            frames.append(res.obs["images"][0])
+        success, done = bool(res.success), bool(res.done)
+        if done:
+            break
+        obs = res.obs
+    done = done or steps >= steps_left
+    return ChunkResult(steps, success, done, None if done else obs, frames,
+                       time.perf_counter() - t0)
+
+
+class InProcessWorker:
+    """A TaskEnv in this process; ``start_*`` compute at once, ``result()`` hands it over."""
+
+    def __init__(self, env: TaskEnv):
+        self.env = env
+        self._result: Any = None
+
+    def tasks(self) -> list[TaskSpec]:
+        return self.env.tasks()
+
+    def start_reset(self, task_id: str, init_state_id: int) -> None:
+        t0 = time.perf_counter()
+        obs = self.env.reset(task_id, init_state_id)
+        self._result = (obs, time.perf_counter() - t0)
+
+    def start_chunk(self, actions: np.ndarray, steps_left: int, record_video: bool) -> None:
+        self._result = run_chunk(self.env, actions, steps_left, record_video)
+
+    def result(self) -> Any:
+        """(obs, env_s) after start_reset; ChunkResult after start_chunk."""
+        out, self._result = self._result, None
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# -- wire helpers ------------------------------------------------------------------------
+def pack_array(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
+
+
+def unpack_array(d: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(d["dtype"])
+    if dtype.hasobject:
+        raise EnvWorkerError(f"refusing object dtype {dtype}")
+    return np.frombuffer(d["data"], dtype=dtype).reshape(d["shape"])
+
+
+def _pack_obs(obs: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
+    return None if obs is None else {k: pack_array(v) for k, v in obs.items()}
+
+
+def _unpack_obs(d: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    return None if d is None else {k: unpack_array(v) for k, v in d.items()}
+
+
+def _dumps(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _loads(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)
+
+
+# -- subprocess worker: parent side -------------------------------------------------------
+class SubprocessWorker:
+    """One env in its own OS process. Also a blocking :class:`TaskEnv`, so evaluation can use
+    it like any env."""
+
+    def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
+                 reply_timeout_s: float = 600.0, wait: bool = True,
+                 context: zmq.Context | None = None):
+        self._dir = tempfile.mkdtemp(prefix="pushcut-env-")
+        self.address = f"ipc://{self._dir}/w"
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PAIR)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(self.address)
+        self.reply_timeout_s = reply_timeout_s
+        cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
+        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_workers",
+                                      self.address, cfg_json, str(seed)])
+        self._pending: str | None = "hello"
+        self._start_timeout_s = start_timeout_s
+        self._tasks: list[TaskSpec] | None = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the child to have built its env (start several, then wait on each)."""
+        if self._tasks is None:
+            self._await("hello", self._start_timeout_s)
+            self._tasks = [TaskSpec(**t) for t in self._call({"op": "tasks"})]
+
+    # async interface used by VectorRollout
+    def start_reset(self, task_id: str, init_state_id: int) -> None:
+        self._send({"op": "reset", "task_id": task_id, "init_state_id": int(init_state_id)})
+
+    def start_chunk(self, actions: np.ndarray, steps_left: int, record_video: bool) -> None:
+        self._send({"op": "chunk", "actions": pack_array(np.asarray(actions, np.float32)),
+                    "steps_left": int(steps_left), "record_video": bool(record_video)})
+
+    def result(self) -> Any:
+        op = self._pending
+        reply = self._await(op, self.reply_timeout_s)
+        if op == "reset":
+            return _unpack_obs(reply["obs"]), reply["env_s"]
+        if op == "chunk":
+            return ChunkResult(reply["steps"], reply["success"], reply["done"],
+                               _unpack_obs(reply["obs"]),
+                               [unpack_array(f) for f in reply["frames"]], reply["env_s"])
+        return reply["value"]
+
+    # TaskEnv interface (blocking)
+    def tasks(self) -> list[TaskSpec]:
+        self.wait_ready()
+        return list(self._tasks)
+
+    def train_init_state_ids(self, task_id: str) -> list[int]:
+        return self._call({"op": "train_ids", "task_id": task_id})
+
+    def heldout_init_state_ids(self, task_id: str) -> list[int]:
+        return self._call({"op": "heldout_ids", "task_id": task_id})
+
+    def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
+        self.start_reset(task_id, init_state_id)
+        return self.result()[0]
+
+    def step(self, action: np.ndarray, render: bool = True):
+        from actors.envs.base import StepResult
+        value = self._call({"op": "step", "action": pack_array(np.asarray(action, np.float32)),
+                            "render": bool(render)})
+        return StepResult(_unpack_obs(value["obs"]), value["success"], value["done"])
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return _unpack_obs(self._call({"op": "observe"}))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._sock.send(_dumps({"op": "close"}), zmq.NOBLOCK)
+                self.proc.wait(timeout=10)
+            except (zmq.ZMQError, subprocess.TimeoutExpired):
+                self.proc.terminate()
+                self.proc.wait(timeout=10)
+        self._sock.close(0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # plumbing
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._pending is not None:
+            raise EnvWorkerError(f"env worker {self.proc.pid}: {msg['op']} sent before the "
+                                 f"result of {self._pending} was read")
+        self._pending = msg["op"]
+        self._sock.send(_dumps(msg))
+
+    def _call(self, msg: dict[str, Any]) -> Any:
+        self._send(msg)
+        return self.result()
+
+    def _await(self, op: str | None, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not self._sock.poll(500):
+            code = self.proc.poll()
+            if code is not None:
+                raise EnvWorkerError(f"env worker {self.proc.pid} exited with code {code} "
+                                     f"while doing {op}")
+            if time.monotonic() > deadline:
+                raise EnvWorkerError(f"env worker {self.proc.pid}: no reply to {op} in "
+                                     f"{timeout_s}s")
+        reply = _loads(self._sock.recv())
+        self._pending = None
+        if not reply.get("ok"):
+            raise EnvWorkerError(f"env worker {self.proc.pid} failed in {op}:\n"
+                                 f"{reply.get('error')}")
+        return reply
+
+
+# -- subprocess worker: child side --------------------------------------------------------
+def _handle(env: TaskEnv, msg: dict[str, Any]) -> dict[str, Any]:
+    op = msg["op"]
+    if op == "reset":
+        t0 = time.perf_counter()
+        obs = env.reset(msg["task_id"], msg["init_state_id"])
+        return {"obs": _pack_obs(obs), "env_s": time.perf_counter() - t0}
+    if op == "chunk":
+        r = run_chunk(env, unpack_array(msg["actions"]), msg["steps_left"], msg["record_video"])
+        return {"steps": r.steps, "success": r.success, "done": r.done, "obs": _pack_obs(r.obs),
+                "frames": [pack_array(f) for f in r.frames], "env_s": r.env_s}
+    if op == "step":
+        r = env.step(unpack_array(msg["action"]), render=msg["render"])
+        return {"value": {"obs": _pack_obs(r.obs), "success": bool(r.success),
+                          "done": bool(r.done)}}
+    if op == "tasks":
+        return {"value": [asdict(t) for t in env.tasks()]}
+    if op == "train_ids":
+        return {"value": [int(i) for i in env.train_init_state_ids(msg["task_id"])]}
+    if op == "heldout_ids":
+        return {"value": [int(i) for i in env.heldout_init_state_ids(msg["task_id"])]}
+    if op == "observe":
+        return {"value": _pack_obs(env.observe())}
+    raise ValueError(f"unknown env worker op {op!r}")
+
+
+def worker_main(address: str, env_cfg_json: str, seed: int) -> int:
+    """Child process: build the env, then answer requests until ``close`` or orphaned."""
+    from actors.envs import make_env
+    from common.config.schema import EnvConfig
+
+    parent = os.getppid()
+    sock = zmq.Context.instance().socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(address)
+    try:
+        env = make_env(EnvConfig(**json.loads(env_cfg_json)), seed)
+    except Exception:
+        sock.send(_dumps({"ok": False, "error": traceback.format_exc()}))
+        return 1
+    sock.send(_dumps({"ok": True}))
+    while True:
+        if not sock.poll(1000):
+            if os.getppid() != parent:   # orphaned: the actor is gone
+                break
+            continue
+        msg = _loads(sock.recv())
+        if msg.get("op") == "close":
+            break
+        try:
+            reply = {"ok": True, **_handle(env, msg)}
+        except Exception:
+            reply = {"ok": False, "error": traceback.format_exc()}
+        sock.send(_dumps(reply))
+    env.close()
+    sock.close()
+    return 0
+
+
+def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool
+                 ) -> list[InProcessWorker | SubprocessWorker]:
+    """``num_envs`` workers; LIBERO always runs in subprocesses."""
+    if num_envs < 1:
+        raise ValueError(f"actor.num_envs must be >= 1, got {num_envs}")
+    if use_subprocess or getattr(env_cfg, "name", None) == "libero":
+        workers: list = []
+        try:
+            for i in range(num_envs):   # start all, then wait: the imports overlap
+                workers.append(SubprocessWorker(env_cfg, seed * 1000 + i, wait=False))
+            for w in workers:
+                w.wait_ready()
+        except BaseException:
+            for w in workers:
+                w.close()
+            raise
+        return workers
+    from actors.envs import make_env
+    return [InProcessWorker(make_env(env_cfg, seed * 1000 + i)) for i in range(num_envs)]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -1,0 +1,177 @@
+"""Task families of the tabletop suite: scenes, instructions, goals, step limits, and the
+initial-state sampler (a pure function of (task_id, init_state_id)).
+
+Families (mirroring LIBERO's suites):
+  spatial  two identical yellow cubes and a plate; the cube to move is told by its position
+  object   four objects (red/green cube, blue/yellow cylinder) and a tray; told by kind/colour
+  goal     one layout (red cube, blue cube, plate, tray; positions jittered), different goals
+  long     two chained sub-goals in a scene with a distractor cylinder
+
+A goal is ``(kind, obj, target)``: ``on`` a plate, ``in`` a tray, ``stack`` on another
+object, ``lift`` (held above the table). A task succeeds when all its goals hold at once.
+Left/right/front/back are as seen in the agentview image (right = +y, front = +x).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.envs.tabletop.scene import (
+    RECEPTACLE_RADIUS, ObjectSpec, SceneSpec,
+)
+
+Goal = tuple[str, str, str]   # (on|in|stack|lift, object name, plate|tray|object name|"")
+
+SCENES: dict[str, SceneSpec] = {
+    "spatial": SceneSpec("spatial", (ObjectSpec("cube_a", "cube", "yellow"),
+                                     ObjectSpec("cube_b", "cube", "yellow")), ("plate",)),
+    "object": SceneSpec("object", (ObjectSpec("red_cube", "cube", "red"),
+                                   ObjectSpec("green_cube", "cube", "green"),
+                                   ObjectSpec("blue_cylinder", "cylinder", "blue"),
+                                   ObjectSpec("yellow_cylinder", "cylinder", "yellow")), ("tray",)),
+    "goal": SceneSpec("goal", (ObjectSpec("red_cube", "cube", "red"),
+                               ObjectSpec("blue_cube", "cube", "blue")), ("plate", "tray")),
+    "long": SceneSpec("long", (ObjectSpec("red_cube", "cube", "red"),
+                               ObjectSpec("blue_cube", "cube", "blue"),
+                               ObjectSpec("green_cylinder", "cylinder", "green")),
+                      ("plate", "tray")),
+}
+# control steps (20 Hz) before truncation: about twice the expert's typical episode
+MAX_STEPS = {"spatial": 120, "object": 120, "goal": 120, "long": 260}
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    task_id: str
+    family: str
+    instruction: str
+    goals: tuple[Goal, ...]
+    relation: str = ""          # spatial only: where cube_a (the target) is relative to cube_b
+
+    @property
+    def scene(self) -> SceneSpec:
+        return SCENES[self.family]
+
+
+def _defs() -> list[TaskDef]:
+    out = []
+    for i, rel in enumerate(("left", "right", "front", "back")):
+        out.append(TaskDef(f"spatial/{i}", "spatial", f"put the {rel} cube on the plate",
+                           (("on", "cube_a", "plate"),), relation=rel))
+    for i, (colour, kind) in enumerate((("red", "cube"), ("green", "cube"),
+                                        ("blue", "cylinder"), ("yellow", "cylinder"))):
+        out.append(TaskDef(f"object/{i}", "object", f"put the {colour} {kind} in the tray",
+                           (("in", f"{colour}_{kind}", "tray"),)))
+    goal = [("put the red cube on the plate", (("on", "red_cube", "plate"),)),
+            ("put the blue cube in the tray", (("in", "blue_cube", "tray"),)),
+            ("stack the red cube on the blue cube", (("stack", "red_cube", "blue_cube"),)),
+            ("pick up the blue cube and hold it", (("lift", "blue_cube", ""),))]
+    long = [("put the red cube on the plate and the blue cube in the tray",
+             (("on", "red_cube", "plate"), ("in", "blue_cube", "tray"))),
+            ("put the blue cube on the plate and the red cube in the tray",
+             (("on", "blue_cube", "plate"), ("in", "red_cube", "tray"))),
+            ("put both cubes in the tray", (("in", "red_cube", "tray"), ("in", "blue_cube", "tray"))),
+            ("put the red cube on the plate and stack the blue cube on it",
+             (("on", "red_cube", "plate"), ("stack", "blue_cube", "red_cube")))]
+    for family, items in (("goal", goal), ("long", long)):
+        out += [TaskDef(f"{family}/{i}", family, text, goals) for i, (text, goals) in enumerate(items)]
+    return out
+
+
+TASKS: dict[str, TaskDef] = {t.task_id: t for t in _defs()}
+FAMILIES = tuple(SCENES)
+
+
+def get_task(task_id: str) -> TaskDef:
+    if task_id not in TASKS:
+        raise KeyError(f"unknown tabletop task_id {task_id!r}; known: {', '.join(TASKS)}")
+    return TASKS[task_id]
+
+
+def tasks_of(suite: str) -> list[TaskDef]:
+    """``suite``: a family name or "all"."""
+    if suite == "all":
+        return list(TASKS.values())
+    if suite not in SCENES:
+        raise ValueError(f"unknown tabletop suite {suite!r}; use all or one of {', '.join(FAMILIES)}")
+    return [t for t in TASKS.values() if t.family == suite]
+
+
+# ---------------------------------------------------------------- initial states
+
+@dataclass(frozen=True)
+class Layout:
+    """An initial state: planar poses (x, y, yaw) of objects and receptacles, gripper start."""
+    objects: dict[str, tuple[float, float, float]]
+    receptacles: dict[str, tuple[float, float]]
+    gripper: tuple[float, float, float]          # fingertip point x, y, z
+
+
+X_RANGE, Y_RANGE = (-0.13, 0.13), (-0.19, 0.19)
+# goal family: one nominal layout, jittered by up to GOAL_JITTER in x and y
+GOAL_NOMINAL = {"red_cube": (0.08, -0.06), "blue_cube": (0.08, 0.06),
+                "plate": (-0.07, -0.11), "tray": (-0.07, 0.12)}
+GOAL_JITTER = 0.03
+GAP = 0.025   # clearance between footprints (room for a finger)
+
+
+def _rng(task_id: str, init_state_id: int) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(task_id.encode()), int(init_state_id), 0x7AB1E])
+
+
+def _relation_holds(rel: str, a: np.ndarray, b: np.ndarray) -> bool:
+    """cube_a is unambiguously ``rel`` of cube_b: apart by >= 9 cm along the told axis and
+    the told axis dominates the other by 2:1 (right = +y, front = +x)."""
+    d = a - b
+    axis, sign = {"left": (1, -1), "right": (1, 1), "front": (0, 1), "back": (0, -1)}[rel]
+    along, across = sign * d[axis], abs(d[1 - axis])
+    return along >= 0.09 and along >= 2 * across
+
+
+def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
+    """A pure function of (task_id, init_state_id): rejection sampling of non-overlapping
+    footprints within the workspace, from a generator seeded by both."""
+    if init_state_id < 0:
+        raise ValueError(f"init_state_id must be >= 0, got {init_state_id}")
+    rng = _rng(task.task_id, init_state_id)
+    scene = task.scene
+    radii = {o.name: o.radius for o in scene.objects}
+    radii.update({r: RECEPTACLE_RADIUS[r] for r in scene.receptacles})
+    # receptacles first: they are the largest footprints
+    names = list(scene.receptacles) + [o.name for o in scene.objects]
+    for _ in range(10_000):
+        pos: dict[str, np.ndarray] = {}
+        for name in names:
+            pos[name] = _sample_xy(rng, task.family, name, radii[name])
+        if not _separated(pos, radii):
+            continue
+        if task.relation and not _relation_holds(task.relation, pos["cube_a"], pos["cube_b"]):
+            continue
+        yaw = {o.name: float(rng.uniform(-0.4, 0.4)) for o in scene.objects}
+        g = rng.uniform([-0.16, -0.03, 0.16], [-0.12, 0.03, 0.2])
+        return Layout(objects={o.name: (float(pos[o.name][0]), float(pos[o.name][1]),
+                                        yaw[o.name]) for o in scene.objects},
+                      receptacles={r: (float(pos[r][0]), float(pos[r][1]))
+                                   for r in scene.receptacles},
+                      gripper=(float(g[0]), float(g[1]), float(g[2])))
+    raise RuntimeError(f"{task.task_id}: no layout found for init_state_id {init_state_id}")
+
+
+def _sample_xy(rng: np.random.Generator, family: str, name: str, radius: float) -> np.ndarray:
+    if family == "goal":
+        return np.asarray(GOAL_NOMINAL[name]) + rng.uniform(-GOAL_JITTER, GOAL_JITTER, 2)
+    lo = [X_RANGE[0] + radius * 0.5, Y_RANGE[0] + radius * 0.5]
+    hi = [X_RANGE[1] - radius * 0.5, Y_RANGE[1] - radius * 0.5]
+    return rng.uniform(lo, hi)
+
+
+def _separated(pos: dict[str, np.ndarray], radii: dict[str, float]) -> bool:
+    names = list(pos)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if math.dist(pos[a], pos[b]) < radii[a] + radii[b] + GAP:
+                return False
+    return True

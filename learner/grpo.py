@@ -1,0 +1,177 @@
+"""GRPO: one importance-corrected GRPO update of a policy from one batch of groups.
+
+In: a :class:`~learner.batch.Batch` (this rank's share of the groups when training on
+several FSDP ranks). Out: new weights in the policy (one optimiser step by default) and a
+stats dict. ``policy_version`` counts updates: every call of :meth:`GRPO.update` makes one
+new version. The logic only: no sockets, no store, no checkpoints (learner_process.py owns
+those); with torch.distributed initialised it reduces its statistics over the ranks.
+
+Order of work in ``update`` (see learner/loss.py for the objective):
+
+1. split this rank's trajectories into micro-batches of at most ``algo.micro_batch_size``
+   (the same count on every rank, so FSDP's collectives line up);
+2. proximal log-probs p: the weights as they are when the update starts, no grad. With
+   ``epochs_per_batch == 1`` the gradient pass itself runs on exactly those weights, so
+   p is taken as the detached log-probs of that pass instead of a second forward (the
+   values are the same; this saves a third of the compute). With more epochs, p is
+   computed once up front;
+3. per micro-batch: forward with grad, loss, backward (gradients accumulate);
+4. grad-norm clip to ``algo.grad_clip``, one optimiser step (per epoch).
+
+The policy runs in eval mode (no dropout) here, as on the actors: the learner's log-probs
+must be those of the distribution the actors sampled from.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from common.config.schema import AlgoConfig
+from learner.batch import Batch, micro_batches, num_micro_batches
+from learner.loss import policy_loss, token_weights
+
+log = logging.getLogger(__name__)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2 grad norm) -> its full value; plain tensors pass through."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+class GRPO:
+    """``GRPO(policy, optimizer, algo_cfg).update(batch) -> stats``.
+
+    ``policy`` fills common.policy.Policy (optionally FSDP-sharded); if it has
+    ``logits(obs) -> [B, K, num_bins]`` the exact entropy is reported (and can be a loss
+    term), otherwise its ``log_probs`` is used and the entropy is estimated from the
+    behaviour log-probs. ``reference``: a frozen policy for the KL term, needed only when
+    ``algo_cfg.kl_coef != 0``.
+    """
+
+    def __init__(self, policy: Any, optimizer: torch.optim.Optimizer, algo_cfg: AlgoConfig,
+                 policy_version: int = 0, reference: Any | None = None):
+        if algo_cfg.kl_coef != 0 and reference is None:
+            raise ValueError("algo.kl_coef != 0 needs a reference policy")
+        if algo_cfg.entropy_coef != 0 and not hasattr(policy, "logits"):
+            raise ValueError("algo.entropy_coef != 0 needs a policy with logits() for the "
+                             f"exact entropy; {type(policy).__name__} has none")
+        self.policy = policy
+        self.optimizer = optimizer
+        self.cfg = algo_cfg
+        self.policy_version = policy_version
+        self.reference = reference
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.device = self.params[0].device
+
+    # -- forward passes ----------------------------------------------------------------
+    def _forward(self, part: Batch, policy: Any, entropy_grad: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> log-probs [R, K] of the taken tokens, and the exact entropy [R, K] if the
+        policy exposes logits (with grad only when it is a loss term)."""
+        tokens = part.tokens.to(self.device)
+        if not hasattr(policy, "logits"):
+            return policy.log_probs(part.obs(), tokens, part.temperature).float(), None
+        t = part.temperature if part.temperature > 0 else 1.0  # T = 0 is greedy: log-probs at 1
+        logp_all = torch.log_softmax(policy.logits(part.obs()).float() / t, dim=-1)
+        logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        src = logp_all if entropy_grad else logp_all.detach()
+        return logp, -(src.exp() * src).sum(-1)
+
+    @torch.no_grad()
+    def _no_grad_log_probs(self, part: Batch, policy: Any) -> torch.Tensor:
+        return self._forward(part, policy, entropy_grad=False)[0]
+
+    def _set_gradient_sync(self, enabled: bool) -> None:
+        # FSDP2: reduce-scatter only after the last micro-batch's backward
+        if hasattr(self.policy, "set_requires_gradient_sync"):
+            self.policy.set_requires_gradient_sync(enabled)
+
+    # -- the update --------------------------------------------------------------------
+    def update(self, batch: Batch, total_trajectories: int | None = None) -> dict[str, float]:
+        """One update from ``batch`` (this rank's trajectories). ``total_trajectories``: the
+        count over all ranks (default: this batch's), which every token weight divides by.
+        Returns stats reduced over ranks; ``policy_version`` is the new version."""
+        cfg = self.cfg
+        total = total_trajectories or batch.num_trajectories
+        count = num_micro_batches(total, _world_size(), cfg.micro_batch_size)
+        parts = [(p, True) if p is not None else (batch.select([0]), False)
+                 for p in micro_batches(batch, count)]
+        weights = [token_weights(p.valid_mask, p.traj_index, total).to(self.device)
+                   * float(real) for p, real in parts]
+        self.policy.eval()
+        proximal = ([self._no_grad_log_probs(p, self.policy) for p, _ in parts]
+                    if cfg.epochs_per_batch > 1 else None)
+        ref = ([self._no_grad_log_probs(p, self.reference) for p, _ in parts]
+               if cfg.kl_coef != 0 else None)
+        for _ in range(cfg.epochs_per_batch):
+            sums, grad_norm = self._step(parts, weights, proximal, ref)
+        stats = self._reduce(sums, batch)
+        stats.update(grad_norm=grad_norm, micro_batches=float(count),
+                     epochs=float(cfg.epochs_per_batch))
+        self.policy_version += 1
+        stats["policy_version"] = float(self.policy_version)
+        return stats
+
+    def _step(self, parts: list[tuple[Batch, bool]], weights: list[torch.Tensor],
+              proximal: list[torch.Tensor] | None, ref: list[torch.Tensor] | None
+              ) -> tuple[dict[str, torch.Tensor], float]:
+        """Forward/backward every micro-batch, clip, one optimiser step -> (stat sums,
+        grad norm before clipping)."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for i, ((part, _), w) in enumerate(zip(parts, weights)):
+            self._set_gradient_sync(i == len(parts) - 1)
+            logp, entropy = self._forward(part, self.policy, cfg.entropy_coef != 0)
+            loss, stats = policy_loss(
+                logp, proximal[i] if proximal else logp.detach(),
+                part.behaviour_log_probs.to(self.device), part.advantages.to(self.device), w,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, is_cap=cfg.is_cap,
+                ref_log_probs=ref[i] if ref else None, kl_coef=cfg.kl_coef,
+                entropy=entropy, entropy_coef=cfg.entropy_coef)
+            loss.backward()
+            ent = entropy if entropy is not None else -part.behaviour_log_probs.to(self.device)
+            stats["entropy"] = (w * ent.detach()).sum()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+        norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
+        if math.isfinite(norm):
+            self.optimizer.step()
+        else:
+            # a NaN/inf gradient would poison the weights every actor then fetches
+            log.warning("grad norm %s is not finite; skipping the optimiser step", norm)
+        return sums, norm
+
+    def _reduce(self, sums: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+        """Stat sums of this rank -> batch statistics over all ranks."""
+        staleness = torch.from_numpy(self.policy_version - batch.policy_versions).double()
+        counts = {"staleness_sum": staleness.sum(), "trajectories": batch.num_trajectories,
+                  "tokens": batch.valid_mask.sum(), "decisions": batch.num_rows,
+                  "successes": float(batch.rewards.sum())}
+        merged = {**{k: v.double().cpu() for k, v in sums.items()},
+                  **{k: torch.as_tensor(v, dtype=torch.double) for k, v in counts.items()}}
+        keys = sorted(merged)
+        vec = torch.stack([merged[k] for k in keys])
+        top = staleness.max().reshape(1)
+        if _world_size() > 1:
+            dist.all_reduce(vec, op=dist.ReduceOp.SUM)
+            dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        out = {k: float(v) for k, v in zip(keys, vec)}
+        n = out["trajectories"]
+        out["staleness_mean"] = out.pop("staleness_sum") / n
+        out["staleness_max"] = float(top[0])
+        out["success_rate"] = out.pop("successes") / n
+        return out
+
+
+def make_optimizer(params: Any, algo_cfg: AlgoConfig) -> torch.optim.Optimizer:
+    """AdamW with the config's lr and weight decay (works on FSDP2 DTensor parameters)."""
+    return torch.optim.AdamW(params, lr=algo_cfg.lr, weight_decay=algo_cfg.weight_decay)

@@ -1,0 +1,322 @@
+"""The trajectory store: durable, bounded, idempotent storage of trajectories in LMDB.
+
+In: trajectories (with their wire bytes) from the ingest service (``pushcut store``,
+learner/store_service.py) or from the learner's own ingest. Out: complete groups for the
+dynamic-sampling filter and the learner, which marks what it has used as consumed.
+
+One LMDB environment (a directory), named sub-databases:
+
+=============  ====================================  =====================================
+``traj``       trajectory_id -> wire bytes            the record exactly as the actor sent it
+``groups``     group_id -> msgpack group record        task, init state, size, members, age
+``complete``   group_id -> b""                         complete and not consumed
+``consumed``   group_id -> reason                      persisted consumption marks
+``order``      eviction key -> group_id                consumed first, then stalest
+``info``       name -> msgpack int                     eviction counters
+=============  ====================================  =====================================
+
+Guarantees (also in docs/store.md): a write is durable when the call returns (``sync=True``
+commits); writes are idempotent by trajectory_id; a trajectory whose group is already
+consumed or evicted is dropped, so a consumed group never comes back; beyond ``capacity``
+trajectories whole groups are evicted, consumed groups first, then the stalest (lowest
+policy_version, then oldest created_at); an unconsumed group that is evicted is marked
+consumed with reason ``evicted``; a full map is doubled and the transaction retried.
+Other processes may open the same path (readers, or writers such as the learner marking
+groups consumed); one process opens a path once and shares the instance between threads.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+import lmdb
+import msgpack
+
+from common.trajectory import Trajectory, WireError, decode, encode
+
+T = TypeVar("T")
+EVICTED = "evicted"                   # consumption reason of groups evicted before use
+_DB_NAMES = ("traj", "groups", "complete", "consumed", "order", "info")
+_NO_LIMIT = 1 << 62                   # decode() limit for records already validated on ingest
+
+
+@dataclass
+class GroupInfo:
+    """One group as the store sees it (members in arrival order)."""
+    group_id: str
+    task_id: str
+    init_state_id: int
+    group_size: int
+    trajectory_ids: list[str]
+    successes: list[bool]
+    policy_versions: list[int]
+    created_at: float
+
+    @property
+    def success_rate(self) -> float:
+        return sum(self.successes) / len(self.successes) if self.successes else 0.0
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.trajectory_ids) >= self.group_size
+
+
+def _order_key(record: dict[str, Any], group_id: bytes, consumed: bool) -> bytes:
+    """Eviction key, sorted bytewise: consumed first, then lowest policy_version, then
+    oldest created_at (microseconds), then group_id."""
+    micros = min(max(int(record["created_at"] * 1e6), -(1 << 63)), (1 << 63) - 1)
+    return struct.pack(">BQQ", 0 if consumed else 1, record["policy_version"] + (1 << 63),
+                       micros + (1 << 63)) + group_id
+
+
+def _group_info(group_id: bytes, record: dict[str, Any]) -> GroupInfo:
+    members = record["members"]
+    return GroupInfo(group_id=group_id.decode(), task_id=record["task_id"],
+                     init_state_id=record["init_state_id"], group_size=record["group_size"],
+                     trajectory_ids=[m[0] for m in members], successes=[m[1] for m in members],
+                     policy_versions=[m[2] for m in members], created_at=record["created_at"])
+
+
+class TrajectoryStore:
+    """LMDB-backed store of trajectories and their groups. See the module docstring."""
+
+    def __init__(self, path: str, capacity: int = 20000, map_size_mb: int = 256,
+                 readonly: bool = False):
+        if capacity < 1 or map_size_mb < 1:
+            raise ValueError(f"capacity {capacity} and map_size_mb {map_size_mb} must be >= 1")
+        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise FileNotFoundError(f"no trajectory store at {path!r} (data.mdb missing)")
+        self.path, self.capacity, self.readonly = path, capacity, readonly
+        self._lock = threading.RLock()
+        try:
+            self._env = lmdb.open(path, map_size=map_size_mb << 20, subdir=True, max_dbs=8,
+                                  readonly=readonly, sync=True, metasync=True,
+                                  readahead=False, lock=True)
+        except lmdb.Error as exc:
+            if "already open" in str(exc):
+                raise RuntimeError(f"trajectory store {path!r} is already open in this process; "
+                                   "share that TrajectoryStore (LMDB allows one per process)") \
+                    from None
+            raise
+        self._env.reader_check()   # free slots of readers that died (e.g. SIGKILL)
+        with self._env.begin(write=not readonly) as txn:
+            self._db = {name: self._env.open_db(name.encode(), txn=txn, create=not readonly)
+                        for name in _DB_NAMES}
+
+    # ------------------------------------------------------------------ writing
+    def put(self, traj: Trajectory, raw: Optional[bytes] = None) -> bool:
+        """Store one trajectory durably; True if it is new. Raises WireError on a group
+        conflict (see :meth:`commit`)."""
+        return self.put_many([(traj, encode(traj) if raw is None else raw)])[0]
+
+    def put_many(self, items: Sequence[tuple[Trajectory, bytes]]) -> list[bool]:
+        """Store several trajectories in one durable transaction; True for each new one.
+        On a group conflict nothing is written and the WireError is raised."""
+        outcomes = self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=True))
+        return [o == "stored" for o in outcomes]
+
+    def commit(self, items: Sequence[tuple[Trajectory, Any]]) -> list[str | WireError]:
+        """The ingest's commit: one durable transaction; per item ``"stored"``,
+        ``"duplicate"`` (trajectory_id already present), ``"dropped"`` (its group was consumed
+        or evicted) or a WireError (``group_conflict``: task_id, init_state_id or group_size
+        differ from the group's first member; ``group_full``: more than group_size members)."""
+        return self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=False))
+
+    def mark_consumed(self, group_ids: Iterable[str], reason: str = "trained") -> None:
+        """Persist that these groups are used up: complete_groups() never returns them again
+        (in any process, after any restart) and eviction takes them first."""
+        marks = {gid: reason for gid in group_ids}
+        self._write(lambda txn: self._mark_txn(txn, marks))
+
+    def restore_consumption_marks(self, marks: dict[str, str]) -> None:
+        """Add marks saved by :meth:`consumption_marks` (e.g. from a learner checkpoint);
+        marks already present keep their reason."""
+        self._write(lambda txn: self._mark_txn(txn, dict(marks)))
+
+    # ------------------------------------------------------------------ reading
+    def get(self, trajectory_id: str) -> Optional[Trajectory]:
+        raw = self.get_raw(trajectory_id)
+        return None if raw is None else decode(raw, _NO_LIMIT)
+
+    def get_raw(self, trajectory_id: str) -> Optional[bytes]:
+        """The stored wire bytes, exactly as received."""
+        return self._read(lambda txn: txn.get(trajectory_id.encode(), db=self._db["traj"]))
+
+    def __contains__(self, trajectory_id: object) -> bool:
+        if not isinstance(trajectory_id, str):
+            return False
+        return self._read(lambda txn: self._has(txn, "traj", trajectory_id.encode()))
+
+    def __len__(self) -> int:
+        return self._read(lambda txn: txn.stat(self._db["traj"])["entries"])
+
+    def complete_groups(self, include_consumed: bool = False) -> list[GroupInfo]:
+        """Groups whose group_size members have all arrived, oldest first."""
+        def read(txn) -> list[GroupInfo]:
+            groups = txn.cursor(db=self._db["groups"])
+            if include_consumed:
+                found = [(k, msgpack.unpackb(v)) for k, v in groups]
+                found = [(k, r) for k, r in found if len(r["members"]) >= r["group_size"]]
+            else:
+                found = [(k, msgpack.unpackb(groups.get(k)))
+                         for k in txn.cursor(db=self._db["complete"]).iternext(values=False)]
+            return [_group_info(k, r) for k, r in found]
+        return sorted(self._read(read), key=lambda g: (g.created_at, g.group_id))
+
+    def read_group(self, group_id: str) -> list[Trajectory]:
+        """The group's trajectories in arrival order; empty if the group is unknown or was
+        evicted."""
+        def read(txn) -> list[bytes]:
+            record = txn.get(group_id.encode(), db=self._db["groups"])
+            if record is None:
+                return []
+            return [txn.get(m[0].encode(), db=self._db["traj"])
+                    for m in msgpack.unpackb(record)["members"]]
+        return [decode(raw, _NO_LIMIT) for raw in self._read(read)]
+
+    def group_info(self, group_id: str) -> Optional[GroupInfo]:
+        record = self._read(lambda txn: txn.get(group_id.encode(), db=self._db["groups"]))
+        return None if record is None else _group_info(group_id.encode(), msgpack.unpackb(record))
+
+    def is_consumed(self, group_id: str) -> bool:
+        return self._read(lambda txn: self._has(txn, "consumed", group_id.encode()))
+
+    def consumption_marks(self) -> dict[str, str]:
+        """group_id -> reason for every consumed (or evicted) group."""
+        return self._read(lambda txn: {k.decode(): v.decode() for k, v in
+                                       txn.cursor(db=self._db["consumed"])})
+
+    def stats(self) -> dict[str, int | float]:
+        def read(txn) -> dict[str, int | float]:
+            entries = {name: txn.stat(self._db[name])["entries"] for name in _DB_NAMES}
+            info = {k.decode(): msgpack.unpackb(v) for k, v in txn.cursor(db=self._db["info"])}
+            env_info, psize = self._env.info(), self._env.stat()["psize"]
+            return {"trajectories": entries["traj"], "groups": entries["groups"],
+                    "complete_groups": entries["complete"],
+                    "consumed_groups": entries["consumed"] - info.get("evicted_unconsumed", 0),
+                    "evicted": info.get("evicted", 0),
+                    "evicted_groups": info.get("evicted_groups", 0),
+                    "bytes_used": (env_info["last_pgno"] + 1) * psize,
+                    "map_size": env_info["map_size"]}
+        return self._read(read)
+
+    def close(self) -> None:
+        with self._lock:
+            self._env.close()
+
+    def __enter__(self) -> "TrajectoryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transactions
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        with self._lock:
+            while True:
+                try:
+                    with self._env.begin(write=False) as txn:
+                        return fn(txn)
+                except lmdb.MapResizedError:   # another process grew the map: adopt it
+                    self._env.set_mapsize(0)
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        if self.readonly:
+            raise PermissionError(f"trajectory store {self.path!r} was opened readonly")
+        with self._lock:
+            while True:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)
+                except lmdb.MapFullError:      # the aborted transaction is simply redone
+                    self._env.set_mapsize(2 * self._env.info()["map_size"])
+
+    def _has(self, txn: lmdb.Transaction, db: str, key: bytes) -> bool:
+        with txn.cursor(db=self._db[db]) as cursor:   # set_key does not copy the value
+            return cursor.set_key(key)
+
+    def _commit_txn(self, txn, items, abort_on_conflict: bool) -> list[str | WireError]:
+        outcomes = []
+        for traj, raw in items:
+            try:
+                outcomes.append(self._put_txn(txn, traj, raw))
+            except WireError as err:
+                if abort_on_conflict:
+                    raise
+                outcomes.append(err)
+        self._evict_txn(txn)
+        return outcomes
+
+    def _put_txn(self, txn, traj: Trajectory, raw) -> str:
+        key, gkey = traj.trajectory_id.encode(), traj.group_id.encode()
+        if self._has(txn, "traj", key):
+            return "duplicate"
+        if self._has(txn, "consumed", gkey):
+            return "dropped"
+        packed = txn.get(gkey, db=self._db["groups"])
+        record = msgpack.unpackb(packed) if packed is not None else {
+            "task_id": traj.task_id, "init_state_id": traj.init_state_id,
+            "group_size": traj.group_size, "policy_version": traj.policy_version,
+            "created_at": traj.created_at, "members": []}
+        mine = (traj.task_id, traj.init_state_id, traj.group_size)
+        theirs = (record["task_id"], record["init_state_id"], record["group_size"])
+        if mine != theirs:
+            raise WireError("group_conflict", f"trajectory {traj.trajectory_id}: (task_id, "
+                            f"init_state_id, group_size) {mine} but group {traj.group_id} has "
+                            f"{theirs}")
+        if len(record["members"]) >= record["group_size"]:
+            raise WireError("group_full", f"trajectory {traj.trajectory_id}: group "
+                            f"{traj.group_id} already has its {record['group_size']} members")
+        if packed is not None:
+            txn.delete(_order_key(record, gkey, consumed=False), db=self._db["order"])
+        record["members"].append([traj.trajectory_id, traj.success, traj.policy_version])
+        record["policy_version"] = min(record["policy_version"], traj.policy_version)
+        record["created_at"] = min(record["created_at"], traj.created_at)
+        txn.put(key, raw, db=self._db["traj"])
+        txn.put(gkey, msgpack.packb(record), db=self._db["groups"])
+        txn.put(_order_key(record, gkey, consumed=False), gkey, db=self._db["order"])
+        if len(record["members"]) == record["group_size"]:
+            txn.put(gkey, b"", db=self._db["complete"])
+        return "stored"
+
+    def _mark_txn(self, txn, marks: dict[str, str]) -> None:
+        for group_id, reason in marks.items():
+            gkey = group_id.encode()
+            if not txn.put(gkey, reason.encode(), db=self._db["consumed"], overwrite=False):
+                continue   # already consumed: the first reason stays
+            txn.delete(gkey, db=self._db["complete"])
+            packed = txn.get(gkey, db=self._db["groups"])
+            if packed is not None:
+                record = msgpack.unpackb(packed)
+                txn.delete(_order_key(record, gkey, consumed=False), db=self._db["order"])
+                txn.put(_order_key(record, gkey, consumed=True), gkey, db=self._db["order"])
+
+    def _evict_txn(self, txn) -> None:
+        """Drop whole groups, in order-key order, until at most ``capacity`` remain."""
+        count = txn.stat(self._db["traj"])["entries"]
+        if count <= self.capacity:
+            return
+        info = {k.decode(): msgpack.unpackb(v) for k, v in txn.cursor(db=self._db["info"])}
+        with txn.cursor(db=self._db["order"]) as order:
+            while count > self.capacity and order.first():
+                okey, gkey = order.item()
+                record = msgpack.unpackb(txn.get(gkey, db=self._db["groups"]))
+                for member in record["members"]:
+                    txn.delete(member[0].encode(), db=self._db["traj"])
+                count -= len(record["members"])
+                order.delete()
+                txn.delete(gkey, db=self._db["groups"])
+                txn.delete(gkey, db=self._db["complete"])
+                if okey[0] == 1:   # evicted before anyone used it: never let it come back
+                    txn.put(gkey, EVICTED.encode(), db=self._db["consumed"])
+                    info["evicted_unconsumed"] = info.get("evicted_unconsumed", 0) + 1
+                info["evicted"] = info.get("evicted", 0) + len(record["members"])
+                info["evicted_groups"] = info.get("evicted_groups", 0) + 1
+        for name, value in info.items():
+            txn.put(name.encode(), msgpack.packb(value), db=self._db["info"])

@@ -1,0 +1,98 @@
+"""learner/filter.py over a real LMDB TrajectoryStore."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from common.config.schema import AlgoConfig
+from common.synthetic import make_trajectory
+from learner.filter import DynamicSamplingFilter, balance_tasks, select_groups
+from learner.store import GroupInfo, TrajectoryStore
+
+CFG = AlgoConfig(groups_per_batch=3, max_staleness=4, success_lo=0.1, success_hi=0.9)
+
+
+def put_group(store, rng, successes, *, version=10, task="spatial/0", created_at=1.0,
+              complete=True):
+    gid = uuid.uuid4().hex
+    members = successes if complete else successes[:-1]
+    for s in members:
+        t = make_trajectory(rng, group_id=gid, group_size=len(successes), length=8,
+                            image_size=8, policy_version=version, success=s, task_id=task)
+        t.created_at = created_at
+        store.put(t)
+    return gid
+
+
+@pytest.fixture
+def store(tmp_path):
+    with TrajectoryStore(str(tmp_path / "store"), capacity=10_000, map_size_mb=16) as s:
+        yield s
+
+
+def test_keeps_mixed_fresh_groups_and_drops_the_rest_with_reasons(store):
+    rng = np.random.default_rng(0)
+    mixed = put_group(store, rng, [True, False, False, False], version=10)
+    edge = put_group(store, rng, [True, True, True, False], version=6)     # exactly 4 behind
+    stale = put_group(store, rng, [True, False, True, False], version=5)   # 5 behind
+    all_fail = put_group(store, rng, [False] * 4)
+    all_win = put_group(store, rng, [True] * 4)
+    partial = put_group(store, rng, [True, False, False, False], complete=False)
+    flt = DynamicSamplingFilter(store, CFG)
+    sel = flt.poll(policy_version=10, min_groups=1)
+    assert sel is not None and set(sel.group_ids) == {mixed, edge}
+    assert sel.dropped == {stale: "stale", all_fail: "success_low", all_win: "success_high"}
+    assert all(len(g) == 4 and g[0].group_id in (mixed, edge) for g in sel.groups)
+    marks = store.consumption_marks()
+    assert marks == {stale: "stale", all_fail: "success_low", all_win: "success_high"}
+    assert flt.report() == {"kept": 2, "dropped_stale": 1, "dropped_success_high": 1,
+                            "dropped_success_low": 1}
+    # chosen groups are not consumed until trained; then never returned again
+    assert flt.poll(policy_version=10, min_groups=1).group_ids == sel.group_ids
+    flt.mark_trained(sel)
+    assert store.consumption_marks()[mixed] == "trained"
+    assert flt.poll(policy_version=10, min_groups=1) is None
+    assert not store.is_consumed(partial)
+
+
+def test_waits_for_a_full_batch_without_consuming(store):
+    rng = np.random.default_rng(1)
+    first = put_group(store, rng, [True, False])
+    flt = DynamicSamplingFilter(store, CFG)
+    assert flt.poll(policy_version=10) is None          # needs groups_per_batch = 3
+    assert not store.is_consumed(first)
+    put_group(store, rng, [True, False])
+    put_group(store, rng, [False, True])
+    put_group(store, rng, [False, True])
+    sel = flt.poll(policy_version=10)
+    assert len(sel.groups) == 3 and sel.group_ids[0] == first     # oldest first
+
+
+def test_balances_tasks_round_robin(store):
+    rng = np.random.default_rng(2)
+    a = [put_group(store, rng, [True, False], task="spatial/0", created_at=t) for t in (1, 2, 3)]
+    b = put_group(store, rng, [True, False], task="goal/1", created_at=4)
+    c = put_group(store, rng, [True, False], task="long/2", created_at=5)
+    sel = DynamicSamplingFilter(store, CFG).poll(policy_version=10)
+    assert sel.group_ids == [a[0], b, c]
+    sel = DynamicSamplingFilter(store, AlgoConfig(groups_per_batch=4)).poll(policy_version=10)
+    assert sel.group_ids == [a[0], b, c, a[1]]
+
+
+def info(gid, task, t, successes=(True, False), versions=(3, 3)):
+    return GroupInfo(group_id=gid, task_id=task, init_state_id=0, group_size=len(successes),
+                     trajectory_ids=[f"{gid}-{i}" for i in range(len(successes))],
+                     successes=list(successes), policy_versions=list(versions), created_at=t)
+
+
+def test_select_groups_pure():
+    infos = [info("a1", "a", 1), info("a2", "a", 2), info("b1", "b", 3),
+             info("old", "b", 0, versions=(3, 0)), info("win", "c", 0, successes=(True, True))]
+    chosen, dropped = select_groups(infos, policy_version=4, cfg=AlgoConfig(max_staleness=3),
+                                    limit=2)
+    assert [g.group_id for g in chosen] == ["a1", "b1"]
+    assert dropped == {"old": "stale", "win": "success_high"}
+    assert balance_tasks([], 3) == []
+    assert [g.group_id for g in balance_tasks(infos[:3], 10)] == ["a1", "b1", "a2"]

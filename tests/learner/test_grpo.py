@@ -1,0 +1,144 @@
+"""learner/grpo.py and learner/batch.py on the micro tiny VLA."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from common.config.schema import AlgoConfig
+from learner.batch import collate, micro_batches, pack_groups, unpack_groups
+from learner.grpo import GRPO
+from learner.loss import policy_loss, token_weights
+from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
+
+MIXED = [True, False, False, True]
+
+
+def groups_of(policy, seed=0, n=3, version=0):
+    rng = np.random.default_rng(seed)
+    return [sampled_group(policy, rng, MIXED if g % 2 == 0 else [False, True, False, False],
+                          policy_version=version, task_id=f"spatial/{g}") for g in range(n)]
+
+
+def test_collate_rows_advantages_and_round_trip():
+    policy = micro_policy()
+    groups = groups_of(policy)
+    batch = collate(groups)
+    trajs = [t for g in groups for t in g]
+    assert batch.num_trajectories == 12
+    assert batch.num_rows == sum(t.num_decisions for t in trajs)
+    assert int(batch.valid_mask.sum()) == sum(t.length * t.action_dim for t in trajs)
+    # group 0 is 2/4 successes: advantages +-1 (population std 0.5)
+    first = batch.select([0, 1])
+    torch.testing.assert_close(first.advantages.unique(), torch.tensor([-1.0, 1.0]),
+                               atol=1e-5, rtol=0)
+    assert first.traj_index.unique().tolist() == [0, 1]
+    assert first.trajectory_ids == [trajs[0].trajectory_id, trajs[1].trajectory_id]
+    back = unpack_groups(pack_groups(groups))
+    assert all(a.equals(b) for ga, gb in zip(groups, back) for a, b in zip(ga, gb))
+    parts = micro_batches(batch, 5)
+    assert sum(p.num_trajectories for p in parts) == 12
+    with pytest.raises(ValueError, match="group_size"):
+        collate([groups[0][:3]])
+
+
+def test_update_gradient_equals_full_batch_loss():
+    """Micro-batching with accumulation gives the same step as one full-batch loss."""
+    policy = micro_policy()
+    groups = groups_of(policy)
+    reference = copy.deepcopy(policy)
+    cfg = AlgoConfig(micro_batch_size=5, grad_clip=1e9, lr=1.0)
+    before = [p.detach().clone() for p in policy.parameters()]
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=0)
+    stats = grpo.update(collate(groups))
+    assert stats["micro_batches"] == 3 and grpo.policy_version == 1
+
+    batch = collate(groups)
+    reference.eval()
+    logp = reference.log_probs(batch.obs(), batch.tokens, TEMPERATURE)
+    w = token_weights(batch.valid_mask, batch.traj_index, batch.num_trajectories)
+    loss, _ = policy_loss(logp, logp.detach(), batch.behaviour_log_probs, batch.advantages, w)
+    loss_value = float(loss.detach())
+    loss.backward()
+    for b, p, r in zip(before, policy.parameters(), reference.parameters()):
+        torch.testing.assert_close(b - p.detach(), r.grad, rtol=1e-4, atol=1e-7)
+    assert abs(stats["loss"] - loss_value) < 1e-5
+    total = torch.cat([r.grad.flatten() for r in reference.parameters()]).norm()
+    assert abs(stats["grad_norm"] - float(total)) < 1e-4 * float(total)
+
+
+def test_grad_clip_bounds_the_step_and_stats_are_sane():
+    policy = micro_policy()
+    groups = groups_of(policy, version=3)
+    before = torch.cat([p.detach().flatten().clone() for p in policy.parameters()])
+    cfg = AlgoConfig(micro_batch_size=16, grad_clip=1e-3)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=5)
+    stats = grpo.update(collate(groups))
+    after = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert stats["grad_norm"] > 1e-3
+    assert abs(float((after - before).norm()) - 1e-3) < 1e-6
+    assert stats["staleness_mean"] == 2 and stats["staleness_max"] == 2
+    assert stats["policy_version"] == 6 and stats["trajectories"] == 12
+    # the behaviour log-probs came from these weights: importance weight 1, ratio 1
+    assert abs(stats["is_weight_mean"] - 1) < 1e-4 and stats["is_cap_frac"] == 0
+    assert stats["clip_frac_low"] == 0 and stats["clip_frac_high"] == 0
+    assert stats["entropy"] > 0 and stats["tokens"] == float(collate(groups).valid_mask.sum())
+    assert stats["success_rate"] == pytest.approx(5 / 12)
+
+
+def test_second_epoch_uses_the_start_weights_as_proximal():
+    policy = micro_policy()
+    cfg = AlgoConfig(micro_batch_size=16, epochs_per_batch=3, lr=3e-3)
+    grpo = GRPO(policy, torch.optim.AdamW(policy.parameters(), lr=3e-3), cfg)
+    stats = grpo.update(collate(groups_of(policy)))
+    # later epochs see r != 1 relative to the fixed proximal log-probs
+    assert abs(stats["approx_kl"]) > 1e-6
+    assert grpo.policy_version == 1 and stats["epochs"] == 3
+
+
+def test_updates_raise_the_probability_of_successful_actions():
+    policy = micro_policy(1)
+    groups = groups_of(policy, n=2)
+    batch = collate(groups)
+    cfg = AlgoConfig(micro_batch_size=8, lr=1e-3)
+    grpo = GRPO(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.lr), cfg)
+
+    def margin() -> float:
+        with torch.no_grad():
+            policy.eval()
+            logp = policy.log_probs(batch.obs(), batch.tokens, TEMPERATURE)
+        diff = (logp - batch.behaviour_log_probs) * batch.valid_mask
+        per_row = diff.sum(1) / batch.valid_mask.sum(1)
+        return float((per_row * batch.advantages.sign()).mean())
+
+    start = margin()
+    for _ in range(5):
+        grpo.update(batch)
+    assert margin() > start + 0.05
+
+
+def test_staleness_reweights_tokens():
+    """Trajectories sampled by an older policy get importance weights != 1 and the stats
+    report how stale they were."""
+    old = micro_policy(2)
+    groups = groups_of(old, version=0)
+    policy = micro_policy(3)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0), AlgoConfig(),
+                policy_version=4)
+    stats = grpo.update(collate(groups))
+    assert stats["staleness_max"] == 4
+    assert abs(stats["is_weight_mean"] - 1) > 1e-3 and stats["behaviour_kl"] > 0
+
+
+def test_kl_and_entropy_need_their_inputs():
+    policy = micro_policy()
+    with pytest.raises(ValueError, match="reference"):
+        GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.1), AlgoConfig(kl_coef=0.1))
+    ref = micro_policy()
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0),
+                AlgoConfig(kl_coef=0.1, entropy_coef=0.01), reference=ref)
+    stats = grpo.update(collate(groups_of(policy, n=1)))
+    assert stats["kl_ref"] == pytest.approx(0.0, abs=1e-6)   # same init as the reference
+    assert stats["entropy_exact"] == pytest.approx(stats["entropy"])
