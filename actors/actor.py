@@ -94,7 +94,6 @@ class Actor:
         """Take the newest fetched weights, if any (call only between groups)."""
         if self.weight_client is None:
             return False
-        t0 = time.perf_counter()
         got = self.weight_client.poll()
         if got is None:
             return False
@@ -103,8 +102,28 @@ class Actor:
         log.info("%s: policy_version %d -> %d", self.actor_id, self.policy_version, version)
         self.policy_version = version
         self.stats.swaps += 1
-        self._blocked_s += time.perf_counter() - t0
         return True
+
+    def wait_for_learner(self, timeout_s: float,
+                         should_stop: Callable[[], bool] | None = None) -> bool:
+        """mode=sync: hold the next round while the learner is updating (paused) or a newer
+        version than ours is announced but not yet swapped in. -> True when clear to go."""
+        client = self.weight_client
+        if client is None:
+            return True
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not (should_stop and should_stop()):
+                self.swap_weights()
+                if not client.paused and client.announced_version <= self.policy_version:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                client.wait_update(min(0.5, max(0.0, deadline - time.monotonic())))
+            return False
+        finally:
+            self._blocked_s += time.perf_counter() - t0
 
     def plan_round(self, max_groups: int | None = None) -> list[EpisodeRequest]:
         """Requests for the next round: group members share (task_id, init_state_id)."""
@@ -121,7 +140,9 @@ class Actor:
                   should_stop: Callable[[], bool] | None = None) -> int:
         """Swap weights if a newer version is ready, roll out one round, send its complete
         groups. -> number of groups sent."""
+        t0 = time.perf_counter()
         self.swap_weights()
+        self._blocked_s += time.perf_counter() - t0
         version = self.policy_version
         requests = self.plan_round(max_groups)
         episodes = self.rollout.run(requests, self.temperature, self.generator, should_stop)

@@ -4,8 +4,9 @@ The learner's :class:`learner.broadcast.WeightPublisher` serves each policy vers
 bytes of a safetensors file (``state_dict_to_bytes``), cut into fixed-size chunks:
 
 - announcements, ZeroMQ PUB -> SUB, one frame ``ANNOUNCE_TOPIC + msgpack`` with
-  ``{policy_version, total_bytes, chunk_bytes, num_chunks, sha256}``, sent on every new
-  version and again every ``announce_every_s`` so that a subscriber that joins late hears it;
+  ``{policy_version, total_bytes, chunk_bytes, num_chunks, sha256, paused}``, sent on every
+  new version and again every ``announce_every_s`` so that a subscriber that joins late hears
+  it (``paused``: mode=sync, the learner is updating and actors hold their next round);
 - fetches, DEALER/REQ -> ROUTER, envelope ``[b"", msgpack request]``:
   ``{"op": "latest"}`` or ``{"op": "manifest", "policy_version": v}`` -> ``[b"", manifest]``
   where the manifest adds ``chunk_sha256`` (one hex digest per chunk);
@@ -158,6 +159,8 @@ class WeightClient:
         self._cond = threading.Condition()
         self._ready: tuple[int, dict[str, torch.Tensor]] | None = None
         self._have = min_version          # newest version fetched (or given at start)
+        self.announced_version = -1       # newest version heard of
+        self.paused = False               # the learner's latest word (mode=sync)
         self._delivered = min_version     # newest version handed out by poll()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-client", daemon=True)
@@ -190,6 +193,11 @@ class WeightClient:
     @property
     def latest_fetched(self) -> int:
         return self._have
+
+    def wait_update(self, timeout_s: float) -> None:
+        """Block until an announcement or a finished fetch, at most ``timeout_s``."""
+        with self._cond:
+            self._cond.wait(timeout_s)
 
     def close(self) -> None:
         self._stop.set()
@@ -226,6 +234,9 @@ class WeightClient:
                     # A late joiner asks instead of waiting for the next periodic announcement.
                     last_latest = time.monotonic()
                     latest = self._ask_latest()
+                    if latest is not None:
+                        self.announced_version = max(self.announced_version,
+                                                     latest.policy_version)
                     if latest is not None and latest.policy_version > self._have:
                         self._fetch_and_store(latest.policy_version, latest)
                         continue
@@ -246,13 +257,18 @@ class WeightClient:
             except zmq.Again:
                 return newest
             try:
-                ann = parse_manifest(unpack_map(raw[len(ANNOUNCE_TOPIC):]), with_chunks=False)
+                msg = unpack_map(raw[len(ANNOUNCE_TOPIC):])
+                ann = parse_manifest(msg, with_chunks=False)
             except WeightWireError as exc:
                 self.stats["bad_messages"] += 1
                 log.warning("ignoring bad weight announcement: %s", exc)
                 continue
             self.stats["announcements"] += 1
             newest = max(newest if newest is not None else -1, ann.policy_version)
+            with self._cond:
+                self.announced_version = max(self.announced_version, ann.policy_version)
+                self.paused = bool(msg.get("paused", False))
+                self._cond.notify_all()
 
     def _ask_latest(self) -> Manifest | None:
         try:
@@ -278,6 +294,17 @@ class WeightClient:
             self._ready = (manifest.policy_version, state_dict)
             self._cond.notify_all()
 
+    def _send(self, req: dict[str, Any]) -> None:
+        try:   # never block: a DEALER with no live peer would hold the thread forever
+            self._sock.send_multipart([b"", pack(req)], zmq.NOBLOCK)
+        except zmq.Again:
+            self._reset_socket()
+            raise FetchError(f"weight server {self.weights_address} not reachable") from None
+
+    def _reset_socket(self) -> None:
+        self._sock.close(0)
+        self._sock = self._dealer()
+
     def _recv(self) -> list[bytes]:
         """One reply, or FetchError after ``request_timeout_s`` (the socket is replaced, so
         late replies to abandoned requests never confuse the next fetch)."""
@@ -285,8 +312,7 @@ class WeightClient:
         while not self._sock.poll(100):
             if self._stop.is_set() or time.monotonic() > deadline:
                 self.stats["timeouts"] += int(not self._stop.is_set())
-                self._sock.close(0)
-                self._sock = self._dealer()
+                self._reset_socket()
                 raise FetchError("no reply from the weight server "
                                  f"{self.weights_address} within {self.request_timeout_s}s")
         frames = self._sock.recv_multipart()
@@ -296,7 +322,7 @@ class WeightClient:
 
     def _request(self, req: dict[str, Any]) -> Manifest | None:
         """latest/manifest request -> Manifest, None when the server has no such version."""
-        self._sock.send_multipart([b"", pack(req)])
+        self._send(req)
         frames = self._recv()
         try:
             reply = unpack_map(frames[0])
@@ -319,8 +345,7 @@ class WeightClient:
         while todo or in_flight:
             while todo and in_flight < self.window:
                 index = todo.pop()
-                self._sock.send_multipart([b"", pack(
-                    {"op": "chunk", "policy_version": m.policy_version, "index": index})])
+                self._send({"op": "chunk", "policy_version": m.policy_version, "index": index})
                 in_flight += 1
             frames = self._recv()
             in_flight -= 1

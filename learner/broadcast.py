@@ -68,6 +68,7 @@ class WeightPublisher:
         self.announce_address = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
         self._versions: OrderedDict[int, tuple[Manifest, bytes]] = OrderedDict()
+        self._paused = False
         self._announce_now = threading.Event()
         self._stop = threading.Event()
         # The sockets move to the thread here; thread start is the memory barrier zmq asks for.
@@ -95,6 +96,15 @@ class WeightPublisher:
         log.info("published policy_version %d (%.1f MB, %d chunks)", policy_version,
                  len(blob) / 1e6, manifest.num_chunks)
         return manifest
+
+    def pause(self) -> None:
+        """mode=sync: tell actors to hold their next round (the learner is updating)."""
+        self._paused = True
+        self._announce_now.set()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._announce_now.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -133,7 +143,7 @@ class WeightPublisher:
             if not self._versions:
                 return
             manifest = next(reversed(self._versions.values()))[0]
-        self._pub.send(ANNOUNCE_TOPIC + pack(manifest.announcement()))
+        self._pub.send(ANNOUNCE_TOPIC + pack({**manifest.announcement(), "paused": self._paused}))
         self.stats["announcements"] += 1
 
     def _handle(self, frames: list[bytes]) -> None:

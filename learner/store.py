@@ -67,10 +67,10 @@ class GroupInfo:
 
 def _order_key(record: dict[str, Any], group_id: bytes, consumed: bool) -> bytes:
     """Eviction key, sorted bytewise: consumed first, then lowest policy_version, then
-    oldest created_at (microseconds), then group_id."""
+    oldest created_at (microseconds), then arrival order."""
     micros = min(max(int(record["created_at"] * 1e6), -(1 << 63)), (1 << 63) - 1)
-    return struct.pack(">BQQ", 0 if consumed else 1, record["policy_version"] + (1 << 63),
-                       micros + (1 << 63)) + group_id
+    return struct.pack(">BQQQ", 0 if consumed else 1, record["policy_version"] + (1 << 63),
+                       micros + (1 << 63), record["seq"]) + group_id
 
 
 def _group_info(group_id: bytes, record: dict[str, Any]) -> GroupInfo:
@@ -103,9 +103,9 @@ class TrajectoryStore:
                     from None
             raise
         self._env.reader_check()   # free slots of readers that died (e.g. SIGKILL)
-        with self._env.begin(write=not readonly) as txn:
-            self._db = {name: self._env.open_db(name.encode(), txn=txn, create=not readonly)
-                        for name in _DB_NAMES}
+        # without an explicit txn: handles opened inside a read txn die with it
+        self._db = {name: self._env.open_db(name.encode(), create=not readonly)
+                    for name in _DB_NAMES}
 
     # ------------------------------------------------------------------ writing
     def put(self, traj: Trajectory, raw: Optional[bytes] = None) -> bool:
@@ -155,7 +155,8 @@ class TrajectoryStore:
         return self._read(lambda txn: txn.stat(self._db["traj"])["entries"])
 
     def complete_groups(self, include_consumed: bool = False) -> list[GroupInfo]:
-        """Groups whose group_size members have all arrived, oldest first."""
+        """Groups whose group_size members have all arrived, oldest first (by created_at,
+        then by arrival)."""
         def read(txn) -> list[GroupInfo]:
             groups = txn.cursor(db=self._db["groups"])
             if include_consumed:
@@ -164,8 +165,9 @@ class TrajectoryStore:
             else:
                 found = [(k, msgpack.unpackb(groups.get(k)))
                          for k in txn.cursor(db=self._db["complete"]).iternext(values=False)]
+            found.sort(key=lambda item: (item[1]["created_at"], item[1]["seq"]))
             return [_group_info(k, r) for k, r in found]
-        return sorted(self._read(read), key=lambda g: (g.created_at, g.group_id))
+        return self._read(read)
 
     def read_group(self, group_id: str) -> list[Trajectory]:
         """The group's trajectories in arrival order; empty if the group is unknown or was
@@ -263,7 +265,7 @@ class TrajectoryStore:
         record = msgpack.unpackb(packed) if packed is not None else {
             "task_id": traj.task_id, "init_state_id": traj.init_state_id,
             "group_size": traj.group_size, "policy_version": traj.policy_version,
-            "created_at": traj.created_at, "members": []}
+            "created_at": traj.created_at, "seq": self._next_seq(txn), "members": []}
         mine = (traj.task_id, traj.init_state_id, traj.group_size)
         theirs = (record["task_id"], record["init_state_id"], record["group_size"])
         if mine != theirs:
@@ -284,6 +286,13 @@ class TrajectoryStore:
         if len(record["members"]) == record["group_size"]:
             txn.put(gkey, b"", db=self._db["complete"])
         return "stored"
+
+    def _next_seq(self, txn) -> int:
+        """Arrival number of a new group (ties of created_at are broken by it)."""
+        packed = txn.get(b"next_seq", db=self._db["info"])
+        seq = 0 if packed is None else msgpack.unpackb(packed)
+        txn.put(b"next_seq", msgpack.packb(seq + 1), db=self._db["info"])
+        return seq
 
     def _mark_txn(self, txn, marks: dict[str, str]) -> None:
         for group_id, reason in marks.items():

@@ -36,8 +36,9 @@ from learner.batch import collate, pack_groups, rank_trajectories, unpack_groups
 from learner.grpo import GRPO, make_optimizer
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-FULL_FLAT = StateDictOptions(full_state_dict=True, cpu_offload=True,
-                             flatten_optimizer_state_dict=True)
+# broadcast_from_rank0 with flatten_optimizer_state_dict=True fails in torch 2.13 (KeyError
+# 'state'), so optimiser state travels nested; learner/checkpoint.py flattens it for disk.
+FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 def free_port() -> int:
@@ -75,6 +76,8 @@ def shard_policy(policy: torch.nn.Module, mp_policy: MixedPrecisionPolicy | None
     fully_shard(policy, **kwargs)
     for module in policy.modules():
         if isinstance(module, FSDPModule):
+            # a plain SUM (gloo has no PREMUL_SUM for a custom factor)
+            module.set_force_sum_reduction_for_comms(True)
             module.set_gradient_divide_factor(1.0)
     return policy
 
@@ -136,20 +139,23 @@ class Trainer:
         return get_model_state_dict(self.policy, options=FULL)
 
     def optimizer_state_dict(self) -> dict[str, Any]:
-        """Flat full optimiser state on rank 0 ('state.<param>.<key>' tensors and
-        'param_groups.<param>.<key>' scalars)."""
-        return get_optimizer_state_dict(self.policy, self.optimizer, options=FULL_FLAT)
+        """Full optimiser state on rank 0: {'state': {param: {key: tensor}},
+        'param_groups': [{..., 'params': [param names]}]} ({} elsewhere)."""
+        return get_optimizer_state_dict(self.policy, self.optimizer, options=FULL)
 
     def load_state(self, model_sd: dict[str, torch.Tensor] | None,
                    optim_sd: dict[str, Any] | None) -> None:
-        """Rank 0 passes full state dicts; they are broadcast into every rank's shards."""
-        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                flatten_optimizer_state_dict=True)
-        set_model_state_dict(self.policy, model_sd if self.rank == 0 else {}, options=opts)
+        """Rank 0 passes full state dicts (left unchanged); they are broadcast into every
+        rank's shards. The other ranks pass None."""
+        # set_*_state_dict replace the values of the dicts they get by local shards: copy
+        model_sd = dict(model_sd) if self.rank == 0 and model_sd is not None else {}
+        set_model_state_dict(self.policy, model_sd, options=FROM_RANK0)
         has_optim = broadcast_bytes(b"1" if optim_sd is not None else b"", self.device)
         if has_optim:
-            set_optimizer_state_dict(self.policy, self.optimizer,
-                                     optim_sd if self.rank == 0 else {}, options=opts)
+            optim_sd = {"state": {k: dict(v) for k, v in optim_sd["state"].items()},
+                        "param_groups": [dict(g) for g in optim_sd["param_groups"]]
+                        } if self.rank == 0 else {}
+            set_optimizer_state_dict(self.policy, self.optimizer, optim_sd, options=FROM_RANK0)
 
 
 def seed_everything(seed: int) -> None:

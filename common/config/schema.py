@@ -22,6 +22,9 @@ class EnvConfig:
     num_heldout_init_states: int = 10 # held-out ids follow, disjoint from training
     settle_steps: int = 10            # LIBERO: no-op steps after reset while objects settle
     center_crop: bool = False         # LIBERO: OpenVLA-style centre crop
+    center_crop_scale: float = 0.9    # LIBERO: area fraction kept by the centre crop (OpenVLA: 0.9)
+    render_size: Optional[int] = None # LIBERO: pixels rendered before the resize to image_size
+                                      # (OpenVLA-OFT: 256); None = render at image_size
 
 
 @dataclass
@@ -93,6 +96,11 @@ class ActorConfig:
     heartbeat_s: float = 2.0
     curve_server_key: Optional[str] = None
     curve_secret_key: Optional[str] = None
+    policy: str = "model"             # model (cfg.model) | expert (tabletop scripted expert)
+    torch_threads: Optional[int] = 1  # intra-op threads for CPU inference (None: torch's default)
+    weights_wait_s: float = 5.0       # at start, wait this long for a learner's weights
+    flush_timeout_s: float = 10.0     # at exit, wait this long for the store's acks
+    sync_wait_s: float = 600.0        # mode=sync: longest wait for the learner between rounds
 
 
 @dataclass
@@ -131,8 +139,13 @@ class SftConfig:
     steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-4
-    eval_episodes_per_task: int = 10
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    augment_shift: int = 4            # random image shifts of up to this many pixels (0 = off)
+    eval_episodes_per_task: int = 10  # closing held-out evaluation (0 = skip)
     checkpoint_every: int = 500
+    threads: Optional[int] = None     # torch CPU threads (None = torch's default)
 
 
 @dataclass
@@ -143,6 +156,7 @@ class EvalConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.0])  # 0 = greedy
     videos_per_task: int = 1
     num_envs: int = 8
+    subprocess_envs: bool = False     # one OS process per env worker (in-process otherwise)
 
 
 @dataclass
@@ -154,6 +168,8 @@ class BenchConfig:
     cameras: int = 2
     processes: list[int] = field(default_factory=lambda: [1, 2])
     out: Optional[str] = None
+    ingest_in_flight: int = 2         # ingest: unacknowledged trajectories per producer
+    ingest_store_mb: int = 2048       # ingest: disk budget of each bench store (sets capacity)
 
 
 @dataclass

@@ -70,7 +70,11 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         return self.config.n_action_bins
 
     def fsdp_units(self) -> list[torch.nn.Module]:
-        """Blocks to ``fully_shard`` one by one before the whole model (vision and LLM layers)."""
+        """Blocks to ``fully_shard`` one by one before the whole model (vision and LLM layers).
+
+        Everything else (embeddings, projector, final norm, LM head) belongs to the root unit:
+        forward uses them directly, so they must not be sharded as units of their own.
+        """
         vb = self.vision_backbone
         towers = [vb.featurizer.encoder.layer] + (
             [vb.fused_featurizer.encoder.layers] if vb.fused_featurizer is not None else [])
@@ -97,12 +101,14 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         index, valid = layout_index(attention_mask, image.shape[1], K + 1)
         sequence = torch.gather(source, 1, index.unsqueeze(-1).expand(-1, -1, source.shape[-1]))
         start = sequence.shape[1] - (K + 1)
-        out = self.language_model(
+        hidden = self.language_model.model(
             inputs_embeds=sequence, position_ids=position_ids(valid), use_cache=False,
             attention_mask=attention_bias(valid, K + 1, cfg.attention_mode, sequence.dtype),
-            logits_to_keep=torch.arange(start - 1, start - 1 + K, device=sequence.device))
+        ).last_hidden_state[:, start - 1:start - 1 + K]                          # [B, K, H]
+        # Only the 256 action rows of the LM head: the other 31808 logits never matter.
         first = cfg.base_vocab_size - cfg.n_action_bins
-        return out.logits[..., first:cfg.base_vocab_size].flip(-1)
+        rows = self.language_model.lm_head.weight[first:cfg.base_vocab_size]
+        return F.linear(hidden, rows).flip(-1)
 
     def prepare_inputs(self, obs: ObsBatch) -> dict[str, torch.Tensor]:
         """ObsBatch -> forward() kwargs on the model's device."""
@@ -180,7 +186,21 @@ class OpenVLAOFTPolicy(PreTrainedModel):
 
     # --- construction and checkpoints ------------------------------------------------------
     @classmethod
-    def from_model_config(cls, model_cfg: Any) -> "OpenVLAOFTPolicy":
+    def build(cls, config: OpenVLAOFTConfig, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> "OpenVLAOFTPolicy":
+        """A randomly initialised model created directly in ``dtype`` on ``device``
+        (no float32 CPU copy of 7B weights on the way)."""
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                return cls(config)
+        finally:
+            torch.set_default_dtype(default)
+
+    @classmethod
+    def from_model_config(cls, model_cfg: Any, device: str | torch.device = "cpu"
+                          ) -> "OpenVLAOFTPolicy":
         """Build from pushcut's ModelConfig: its checkpoint if set, else a random ``preset``."""
         if model_cfg.num_bins != 256:
             raise ValueError(f"openvla_oft uses OpenVLA's 256 action bins, got num_bins="
@@ -191,11 +211,12 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         if dtype is None:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
         if model_cfg.checkpoint:
-            policy = cls.from_pretrained(model_cfg.checkpoint, dtype=dtype, **overrides)
+            policy = cls.from_pretrained(model_cfg.checkpoint, dtype=dtype, device=device,
+                                         **overrides)
         else:
-            policy = cls(preset_config(model_cfg.preset, **overrides)).to(dtype)
+            policy = cls.build(preset_config(model_cfg.preset, **overrides), dtype, device)
         if model_cfg.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            policy.activation_checkpointing_enable()
         return policy
 
     def save_pretrained(self, save_directory: str, max_shard_size: str | int = "5GB",
@@ -231,13 +252,7 @@ class OpenVLAOFTPolicy(PreTrainedModel):
             raw["attention_mode"] = "bidirectional"
         raw.update(overrides)
         config = OpenVLAOFTConfig(**{k: v for k, v in raw.items() if k != "model_type"})
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)   # build in the target dtype: no fp32 copy of 7B weights
-        try:
-            with torch.device(device):
-                model = cls(config)
-        finally:
-            torch.set_default_dtype(default)
+        model = cls.build(config, dtype, device)
         checkpoint.load_published(model, root, config.vision_towers)
         model.prompts = PromptEncoder.from_dir(root)
         return model

@@ -176,3 +176,24 @@ def test_persistently_corrupted_version_is_never_handed_over(publisher):
             assert client.stats["checksum_failures"] >= 3
     finally:
         proxy.close()
+
+
+def test_curve_keys_admit_known_actors_only(tmp_path):
+    from common.security import CurveClientKeys, CurveServerKeys, generate_keypair
+    server_pub, server_sec = generate_keypair(tmp_path, "learner")
+    _, actor_sec = generate_keypair(tmp_path / "authorized", "actor")
+    _, stranger_sec = generate_keypair(tmp_path / "elsewhere", "stranger")
+    sd = make_state_dict(6)
+    with WeightPublisher(ADDR, ADDR, chunk_mb=0.004, announce_every_s=0.2,
+                         curve=CurveServerKeys(str(server_sec), str(tmp_path / "authorized"))
+                         ) as pub:
+        pub.publish(1, sd)
+        with WeightClient(pub.weights_address, pub.announce_address,
+                          curve=CurveClientKeys(str(actor_sec), str(server_pub))) as client:
+            version, fetched = client.wait(timeout_s=20)
+            assert version == 1
+            assert_same(fetched, {k: v.contiguous() for k, v in sd.items()})
+        with WeightClient(pub.weights_address, pub.announce_address, request_timeout_s=0.5,
+                          curve=CurveClientKeys(str(stranger_sec), str(server_pub))) as client:
+            wait_for(lambda: client.stats["timeouts"] >= 1, what="the stranger's timeout")
+            assert client.poll() is None and client.stats["announcements"] == 0

@@ -126,6 +126,7 @@ def scene_xml(spec: SceneSpec, image_size: int) -> str:
     bodies += "".join(_receptacle_xml(r) for r in spec.receptacles)
     return f"""<mujoco model="pushcut_tabletop_{spec.family}">
 <compiler angle="radian" autolimits="true"/>
+<statistic extent="1" center="0 0 0"/>  <!-- fixes clip planes: znear/zfar scale with it -->
 <option timestep="{TIMESTEP}" integrator="implicitfast" cone="elliptic" impratio="10"/>
 <visual>
   <global offwidth="{image_size}" offheight="{image_size}"/>
@@ -145,7 +146,7 @@ def scene_xml(spec: SceneSpec, image_size: int) -> str:
   <light directional="true" pos="0 0 1" dir="0.3 0.2 -1" castshadow="false"
          diffuse="0.35 0.35 0.35" specular="0 0 0"/>
   <geom name="table" class="static" type="plane" size="0.45 0.45 0.45" rgba="0.62 0.52 0.4 1"/>
-  <camera name="agentview" pos="0.5 0 0.55" xyaxes="0 1 0 -0.74 0 0.67" fovy="42"/>
+  <camera name="agentview" pos="0.45 0 0.5" xyaxes="0 1 0 -0.721 0 0.692" fovy="40"/>
   {_GRIPPER.format(**ranges)}
   {bodies}
 </worldbody>

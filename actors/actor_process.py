@@ -1,0 +1,221 @@
+"""``pushcut actor``: one rollout actor process — env workers, a policy copy, the store
+connection, the weight subscription, signals and progress logs around :class:`Actor`.
+
+In: ``cfg.env`` (which tasks), ``cfg.model`` (the policy; ``actor.policy=expert`` drives the
+tabletop scripted expert instead), the store at ``actor.store_address``, the learner's weights
+at ``actor.weights_address`` / ``actor.announce_address``. Out: complete groups of trajectory
+records streamed to the store, acknowledged; a log line every ``actor.log_every_s`` (env
+steps/s, episodes, success rate, policy_version, send window); a final ``actor stopped: {json}``
+line on stdout.
+
+    pushcut actor actor.num_envs=8 actor.store_address=tcp://learner-host:5555 \\
+        actor.weights_address=tcp://learner-host:5556 actor.announce_address=tcp://learner-host:5557
+
+Initial weights: the learner's latest version if one answers within ``actor.weights_wait_s``,
+else ``model.checkpoint`` or fresh weights (policy_version 0) until the learner publishes.
+Any number of actors may start and stop at any time. SIGTERM/SIGINT: the round in progress is
+cut at its next decision step (its unfinished groups are dropped, its finished ones sent), the
+acks are awaited for up to ``actor.flush_timeout_s``, then the process exits 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import zlib
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")           # before anything imports mujoco
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import torch  # noqa: E402
+
+from actors.actor import Actor  # noqa: E402
+from actors.env_workers import make_workers  # noqa: E402
+from actors.rollout import VectorRollout  # noqa: E402
+from actors.scheduler import TaskScheduler  # noqa: E402
+from common.security import CurveClientKeys  # noqa: E402
+from common.transport import TrajectorySender  # noqa: E402
+from common.weights import WeightClient  # noqa: E402
+
+log = logging.getLogger("pushcut.actor")
+
+
+def actor_seed(seed: int, actor_id: str) -> list[int]:
+    """Scheduling/sampling seed: deterministic for (actor.seed, actor_id), and different for
+    two actors started with the same actor.seed."""
+    return [int(seed), zlib.crc32(actor_id.encode())]
+
+
+def curve_keys(cfg) -> CurveClientKeys | None:
+    if cfg.actor.curve_secret_key is None:
+        return None
+    if cfg.actor.curve_server_key is None:
+        raise ValueError("actor.curve_secret_key is set but actor.curve_server_key is not")
+    return CurveClientKeys(cfg.actor.curve_secret_key, cfg.actor.curve_server_key)
+
+
+def build_policy_for(cfg, workers: list, client: WeightClient | None) -> tuple[Any, int]:
+    """-> (policy in eval mode on actor.device, its policy_version)."""
+    if cfg.actor.policy == "expert":
+        from actors.expert_policy import ExpertPolicy
+        return ExpertPolicy(workers, chunk_size=cfg.model.chunk_size,
+                            num_bins=cfg.model.num_bins), 0
+    if cfg.actor.policy != "model":
+        raise ValueError(f"actor.policy must be model or expert, got {cfg.actor.policy!r}")
+    from common.models import build_policy
+    policy = build_policy(cfg.model)
+    version = 0
+    got = client.wait(cfg.actor.weights_wait_s) if client is not None else None
+    if got is not None:
+        version, state_dict = got
+        policy.load_state_dict(state_dict)
+        log.info("starting from the learner's policy_version %d", version)
+    else:
+        log.info("no learner weights within %.0fs: starting from %s (policy_version 0)",
+                 cfg.actor.weights_wait_s, cfg.model.checkpoint or "fresh weights")
+    return policy.to(cfg.actor.device).eval(), version
+
+
+def make_actor(cfg, actor_id: str, workers: list, client: WeightClient | None) -> Actor:
+    policy, version = build_policy_for(cfg, workers, client)
+    env0 = workers[0]
+    tasks = env0.tasks()
+    scheduler = TaskScheduler(tasks, {t.task_id: env0.train_init_state_ids(t.task_id)
+                                      for t in tasks},
+                              cfg.actor.task_weights, seed=actor_seed(cfg.actor.seed, actor_id))
+    generator = torch.Generator(device=cfg.actor.device)
+    generator.manual_seed(zlib.crc32(repr(actor_seed(cfg.actor.seed, actor_id)).encode()))
+    return Actor(VectorRollout(workers, policy), scheduler, actor_id=actor_id,
+                 group_size=cfg.algo.group_size, temperature=cfg.algo.temperature,
+                 policy_version=version, weight_client=client, generator=generator)
+
+
+class ProgressLog:
+    """Logs the actor's counters every ``every_s`` from a daemon thread."""
+
+    def __init__(self, actor: Actor, sender: TrajectorySender, every_s: float):
+        self.actor, self.sender, self.every_s = actor, sender, every_s
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._last = (self.started, 0, 0, 0)
+        self._thread = threading.Thread(target=self._run, name="actor-log", daemon=True)
+
+    def start(self) -> "ProgressLog":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def line(self) -> str:
+        s, now = self.actor.stats, time.monotonic()
+        t0, steps0, eps0, succ0 = self._last
+        self._last = (now, s.env_steps, s.episodes, s.successes)
+        window_eps = s.episodes - eps0
+        rate = f"{(s.successes - succ0) / window_eps:.0%}" if window_eps else "n/a"
+        c = self.sender.counters
+        return (f"{self.actor.actor_id} v{self.actor.policy_version} | "
+                f"{(s.env_steps - steps0) / max(now - t0, 1e-9):.0f} env steps/s | "
+                f"episodes {s.episodes} (+{window_eps}, success {rate}) | groups {s.groups} | "
+                f"acked {c['acked']}/{c['sent']} in flight {self.sender.in_flight} | "
+                f"waited {s.wait_s:.1f}s")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            log.info(self.line())
+
+
+def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: float) -> dict:
+    s = actor.stats
+    elapsed = time.monotonic() - started
+    return {"actor_id": actor.actor_id, "policy_version": actor.policy_version,
+            "groups": s.groups, "episodes": s.episodes, "successes": s.successes,
+            "env_steps": s.env_steps, "env_steps_per_s": s.env_steps / max(elapsed, 1e-9),
+            "dropped_episodes": s.dropped_episodes, "swaps": s.swaps,
+            "by_version": {str(k): v for k, v in sorted(s.by_version.items())},
+            "flushed": flushed, **sender.stats()}
+
+
+def loop(cfg, actor: Actor, sender: TrajectorySender, stop: threading.Event) -> None:
+    """Rounds until stopped or ``actor.max_groups`` are sent."""
+    max_groups = cfg.actor.max_groups
+    while not stop.is_set() and (max_groups is None or actor.stats.groups < max_groups):
+        if cfg.mode == "sync" and not actor.wait_for_learner(cfg.actor.sync_wait_s, stop.is_set):
+            if not stop.is_set():
+                log.warning("mode=sync: no word from the learner in %.0fs; rolling out anyway",
+                            cfg.actor.sync_wait_s)
+        left = None if max_groups is None else max_groups - actor.stats.groups
+        actor.run_round(sender.send, max_groups=left, should_stop=stop.is_set)
+        sender.poll(0)   # take the acks that arrived during the round
+
+
+def run_actor(cfg, stop: threading.Event) -> dict:
+    """The whole actor lifetime; returns the final summary. Reusable by launchers."""
+    actor_id = cfg.actor.actor_id or f"{socket.gethostname()}-{os.getpid()}"
+    if cfg.actor.torch_threads:
+        torch.set_num_threads(cfg.actor.torch_threads)
+    started = time.monotonic()
+    curve = curve_keys(cfg)
+    workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.actor.seed,
+                           cfg.actor.subprocess_envs)
+    client = sender = progress = None
+    try:
+        client = WeightClient(cfg.actor.weights_address, cfg.actor.announce_address, curve=curve)
+        actor = make_actor(cfg, actor_id, workers, client)
+        sender = TrajectorySender(cfg.actor.store_address, max_in_flight=cfg.actor.max_in_flight,
+                                  resend_after_s=cfg.actor.resend_after_s, curve=curve,
+                                  keep_acked=1000)
+        log.info("actor %s: %d envs (%s), %d tasks, group size %d at T=%.2f, store %s",
+                 actor_id, len(workers), "subprocess" if cfg.actor.subprocess_envs else
+                 "in-process", len(actor.scheduler.tasks), actor.group_size, actor.temperature,
+                 cfg.actor.store_address)
+        progress = ProgressLog(actor, sender, cfg.actor.log_every_s).start()
+        loop(cfg, actor, sender, stop)
+        flushed = sender.flush(cfg.actor.flush_timeout_s)
+        if not flushed:
+            log.warning("%d trajectories still unacknowledged after %.0fs; dropping them",
+                        sender.in_flight, cfg.actor.flush_timeout_s)
+        log.info(progress.line())
+        return summary(actor, sender, flushed, started)
+    finally:
+        for part in (progress, sender, client):
+            if part is not None:
+                part.stop() if part is progress else part.close()
+        for w in workers:
+            w.close()
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        from rich.logging import RichHandler
+        logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
+                            handlers=[RichHandler(show_path=False)])
+
+
+def main(cfg, args: list[str]) -> int:
+    """``pushcut actor [key=value ...]``."""
+    if args:
+        print(f"pushcut actor: unexpected argument(s) {args} (only key=value overrides)",
+              file=sys.stderr)
+        return 2
+    _setup_logging()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():            # a second signal: do not wait for the flush
+            raise KeyboardInterrupt
+        log.info("signal %d: finishing (unfinished groups are dropped)", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    result = run_actor(cfg, stop)
+    print("actor stopped: " + json.dumps(result), flush=True)
+    return 0

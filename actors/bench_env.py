@@ -1,0 +1,166 @@
+"""``pushcut bench env``: tabletop env steps/s per process, with and without rendering, with
+1 and 2 processes (``bench.processes``), against the standalone limits measured in the
+same run.
+
+In: ``cfg.env`` (image size, wrist camera, tasks), ``cfg.model.chunk_size`` C,
+``cfg.bench.seconds`` (split evenly over the measurements), ``cfg.bench.processes``.
+Out: a printed table and a dict of figures. Every measurement runs real OS processes
+(multiprocessing, spawn), started together on an event; each steps uniformly random
+actions through every task in turn, resetting at episode ends (resets are counted in the
+time). Modes: ``render`` (an observation after every step), ``render_every_C`` (as a
+chunked policy needs), ``no_render``. Limits: bare ``mj_step`` calls (physics) and bare
+renders in one process.
+
+Run: ``pushcut bench env`` (``bench.processes=[1,2] bench.seconds=30``).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import asdict
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from common.config.schema import EnvConfig, PushcutConfig
+
+MODES = ("every step", "every C", "none")   # when an observation is rendered
+
+
+def _render_every(mode: str, chunk_size: int) -> int:
+    return {"every step": 1, "every C": chunk_size, "none": 0}[mode]
+
+
+def step_loop(env, task_ids: list[str], seconds: float, render_every: int, seed: int
+              ) -> tuple[int, float, float]:
+    """Step ``env`` with random actions for ``seconds``; -> (steps, wall s, CPU s of this
+    process, renderer threads included). ``render_every``: observe after every k-th step
+    (0: never)."""
+    rng = np.random.default_rng(seed)
+    steps, episode, k = 0, 0, 0
+    env.reset(task_ids[0], 0)
+    start, cpu = time.perf_counter(), time.process_time()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(50):   # check the clock every 50 steps only
+            k += 1
+            result = env.step(rng.uniform(-1, 1, 7), render=render_every > 0 and
+                              k % render_every == 0)
+            steps += 1
+            if result.done:
+                episode += 1
+                env.reset(task_ids[episode % len(task_ids)], episode)
+                k = 0
+    return steps, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _worker(env_kwargs: dict, seconds: float, render_every: int, seed: int, go, out) -> None:
+    from actors.envs.tabletop import TabletopEnv
+
+    env = TabletopEnv(EnvConfig(**env_kwargs))
+    task_ids = [t.task_id for t in env.tasks()]
+    for task_id in task_ids:                  # warm up: build every scene and renderer
+        env.reset(task_id, 0)
+    out.put("ready")
+    go.wait()
+    out.put(step_loop(env, task_ids, seconds, render_every, seed))
+    env.close()
+
+
+def measure(env_cfg: EnvConfig, processes: int, seconds: float, render_every: int) -> dict:
+    """``processes`` spawned workers stepping concurrently -> steps/s per process (wall),
+    in total, and per CPU-second (a per-core figure that other load does not dilute)."""
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(asdict(env_cfg), seconds, render_every, i, go, out))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:   # start the clocks together, once every worker has built its env
+            if out.get(timeout=300) != "ready":
+                raise RuntimeError("bench env: a worker failed before it was ready")
+        go.set()
+        results = [out.get(timeout=seconds + 120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    rates = [steps / wall for steps, wall, _ in results]
+    return {"per_process": float(np.mean(rates)), "total": float(np.sum(rates)),
+            "per_cpu_s": float(sum(r[0] for r in results) / sum(r[2] for r in results))}
+
+
+def limits(env_cfg: EnvConfig, seconds: float) -> dict:
+    """Standalone limits in this process, per CPU-second, over every scene of the selected
+    tasks: bare mj_step control periods (random actuator targets, no env logic) and bare
+    renders."""
+    import mujoco
+
+    from actors.envs.tabletop import TabletopEnv
+    from actors.envs.tabletop.env import action_to_ctrl
+    from actors.envs.tabletop.scene import SUBSTEPS
+
+    env = TabletopEnv(env_cfg)
+    rng = np.random.default_rng(0)
+    families = {t.family: t.task_id for t in env.tasks()}
+    cost = {"physics": 0.0, "render": 0.0}
+    try:
+        for task_id in families.values():
+            env.reset(task_id, 0)
+            m, d, sim = env.sim.model, env.sim.data, env.sim
+
+            def physics():
+                d.ctrl[:] = action_to_ctrl(rng.uniform(-1, 1, 7), sim.gripper_qpos())
+                mujoco.mj_step(m, d, nstep=SUBSTEPS)
+
+            for name, fn in (("physics", physics), ("render", sim.render)):
+                n, start = 0, time.process_time()
+                while time.process_time() - start < seconds / len(families):
+                    fn()
+                    n += 1
+                cost[name] += (time.process_time() - start) / n / len(families)
+    finally:
+        env.close()
+    return {name: 1.0 / c for name, c in cost.items()}
+
+
+def run(cfg: PushcutConfig) -> dict:
+    if cfg.env.name != "tabletop":
+        raise ValueError(f"bench env measures the tabletop suite; got env.name={cfg.env.name!r}")
+    procs = sorted(set(int(p) for p in cfg.bench.processes))
+    if not procs or procs[0] < 1:
+        raise ValueError(f"bench.processes must be positive counts, got {cfg.bench.processes}")
+    share = max(cfg.bench.seconds / (len(procs) * len(MODES) + 1), 1.0)
+    figures: dict = {"limits_per_cpu_s": limits(cfg.env, share),
+                     "image_size": cfg.env.image_size,
+                     "cameras": 2 if cfg.env.wrist_camera else 1,
+                     "chunk_size": cfg.model.chunk_size, "seconds_each": share, "runs": []}
+    for n in procs:
+        for mode in MODES:
+            r = measure(cfg.env, n, share, _render_every(mode, cfg.model.chunk_size))
+            figures["runs"].append({"processes": n, "render": mode, **r})
+    _print(figures)
+    return figures
+
+
+def _print(fig: dict) -> None:
+    lim = fig["limits_per_cpu_s"]
+    # the cost of a step with nothing but the simulator: physics, plus the renders
+    bound = {mode: 1 / (1 / lim["physics"] + (1 / (lim["render"] * k) if k else 0.0))
+             for mode, k in ((m, _render_every(m, fig["chunk_size"])) for m in MODES)}
+    single = {r["render"]: r["per_process"] for r in fig["runs"] if r["processes"] == 1}
+    table = Table(title=f"tabletop env steps/s ({fig['image_size']}x{fig['image_size']}, "
+                        f"{fig['cameras']} camera(s), C={fig['chunk_size']}); bare sim per "
+                        f"CPU-s: physics {lim['physics']:.0f}, render {lim['render']:.0f}")
+    for col in ("procs", "render", "per process", "total", "per CPU-s", "vs bare sim",
+                "vs 1 proc"):
+        table.add_column(col, justify="right")
+    for r in fig["runs"]:
+        vs_one = r["per_process"] / single[r["render"]] if r["render"] in single else np.nan
+        table.add_row(str(r["processes"]), r["render"], f"{r['per_process']:.0f}",
+                      f"{r['total']:.0f}", f"{r['per_cpu_s']:.0f}",
+                      f"{r['per_cpu_s'] / bound[r['render']]:.2f}", f"{vs_one:.2f}")
+    Console().print(table)

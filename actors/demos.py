@@ -1,0 +1,139 @@
+"""``pushcut demos``: record scripted-expert demonstrations of the tabletop tasks, for SFT.
+
+In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``model.chunk_size`` C,
+``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.out``.
+Out: a dataset directory (``common/dataset.py``) of Trajectory records, one per successful
+demo: ``policy_version = -1`` (EXPERT_VERSION), images/proprio observed at every decision
+(every C env steps), ``actions`` float32 [T, C, 7], no tokens ([T, 0]), ``valid_mask``
+[T, C*7], ``length`` = env steps, each demo its own group (group_size 1). Failed demos are
+not kept: the recorder moves on to the next training init state (cycling) and counts them.
+
+Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from actors.envs.base import TaskSpec
+from common.config.schema import PushcutConfig
+from common.dataset import write_trajectory
+from common.trajectory import EXPERT_VERSION, Trajectory
+
+
+def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """actions float [L, D] -> (float32 [T, C, D] zero-padded, valid_mask bool [T, C*D]),
+    T = ceil(L / C)."""
+    length, dim = actions.shape
+    T = math.ceil(length / chunk_size)
+    padded = np.zeros((T * chunk_size, dim), np.float32)
+    padded[:length] = actions
+    valid = np.zeros((T * chunk_size, dim), bool)
+    valid[:length] = True
+    return padded.reshape(T, chunk_size, dim), valid.reshape(T, chunk_size * dim)
+
+
+def record_demo(env, expert, spec: TaskSpec, init_state_id: int, chunk_size: int,
+                trajectory_id: str) -> Trajectory:
+    """Run ``expert`` on a TabletopEnv from (task, init_state_id) to the end of the episode;
+    observe (render) only at decisions, i.e. before env steps 0, C, 2C, ..."""
+    start = time.perf_counter()
+    obs = env.reset(spec.task_id, init_state_id)
+    images, proprio, actions = [], [], []
+    done, success = False, False
+    while not done:
+        if len(actions) % chunk_size == 0:
+            images.append(obs["images"])
+            proprio.append(obs["proprio"])
+        action = expert.act()
+        result = env.step(action, render=(len(actions) + 1) % chunk_size == 0)
+        actions.append(action)
+        obs, done, success = result.obs, result.done, result.success
+    chunks, valid = chunk_episode(np.stack(actions), chunk_size)
+    T = chunks.shape[0]
+    return Trajectory(
+        trajectory_id=trajectory_id, group_id=trajectory_id, actor_id="expert",
+        task_id=spec.task_id, instruction=spec.instruction, init_state_id=int(init_state_id),
+        policy_version=EXPERT_VERSION, group_size=1, success=bool(success),
+        length=len(actions), temperature=0.0,
+        images=np.stack(images), proprio=np.stack(proprio).astype(np.float32),
+        actions=chunks, action_tokens=np.zeros((T, 0), np.int16),
+        behaviour_log_probs=np.zeros((T, 0), np.float32), valid_mask=valid,
+        created_at=time.time(), timings={"env_s": time.perf_counter() - start})
+
+
+def main(cfg: PushcutConfig, args: list[str]) -> int:
+    if args:
+        print(f"pushcut demos: no positional arguments expected, got {args}")
+        return 2
+    if cfg.env.name != "tabletop":
+        print(f"pushcut demos: env.name={cfg.env.name!r} has no scripted expert; use "
+              "env=tabletop (LIBERO demonstrations come with the benchmark)")
+        return 2
+    if cfg.demos.per_task < 1:
+        print(f"pushcut demos: demos.per_task must be >= 1, got {cfg.demos.per_task}")
+        return 2
+    out = Path(cfg.demos.out)
+    if (out / "index.jsonl").exists():
+        print(f"pushcut demos: {out} already holds a dataset; choose another demos.out "
+              "or delete it")
+        return 2
+    from actors.envs.tabletop import Expert, TabletopEnv
+
+    env = TabletopEnv(cfg.env, cfg.seed)
+    stats: dict[str, dict] = defaultdict(lambda: {"kept": 0, "failed": 0, "steps": 0})
+    try:
+        with Progress(console=Console(stderr=True)) as progress:
+            bar = progress.add_task("expert demos", total=len(env.tasks()) * cfg.demos.per_task)
+            for spec in env.tasks():
+                _record_task(cfg, env, Expert, spec, stats[spec.task_id],
+                             lambda: progress.advance(bar))
+    finally:
+        env.close()
+    _print_summary(stats, out)
+    return 0
+
+
+def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict,
+                 advance) -> None:
+    """Record ``cfg.demos.per_task`` successful demos of one task, cycling through the
+    training init states; a failed attempt moves on to the next one."""
+    ids = env.train_init_state_ids(spec.task_id)
+    max_attempts = 3 * cfg.demos.per_task + 10
+    for attempt in range(max_attempts):
+        if stat["kept"] == cfg.demos.per_task:
+            return
+        init_state_id = ids[attempt % len(ids)]
+        seed = [cfg.seed, zlib.crc32(spec.task_id.encode()), attempt]
+        expert = expert_cls(env, noise=cfg.demos.noise, seed=np.random.SeedSequence(seed))
+        tid = f"demo-{spec.task_id.replace('/', '-')}-s{init_state_id}-a{attempt}"
+        traj = record_demo(env, expert, spec, init_state_id, cfg.model.chunk_size, tid)
+        if not traj.success:
+            stat["failed"] += 1
+            continue
+        write_trajectory(cfg.demos.out, traj)
+        stat["kept"] += 1
+        stat["steps"] += traj.length
+        advance()
+    if stat["kept"] < cfg.demos.per_task:
+        raise RuntimeError(f"{spec.task_id}: only {stat['kept']} of {cfg.demos.per_task} "
+                           f"expert demos succeeded in {max_attempts} attempts "
+                           f"(demos.noise={cfg.demos.noise} too high?)")
+
+
+def _print_summary(stats: dict[str, dict], out: Path) -> None:
+    table = Table(title=f"expert demos in {out} (failed attempts are not kept)")
+    for col in ("task_id", "kept", "failed", "mean length"):
+        table.add_column(col, justify="left" if col == "task_id" else "right")
+    for task_id, s in stats.items():
+        table.add_row(task_id, str(s["kept"]), str(s["failed"]),
+                      f"{s['steps'] / max(s['kept'], 1):.1f}")
+    Console().print(table)

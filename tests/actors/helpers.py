@@ -1,0 +1,86 @@
+"""Shared by the actor tests: a real ``pushcut store`` OS process, free ports, waiting on a
+condition with a deadline, and reading what the store holds."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from common.trajectory import Trajectory
+from learner.store import TrajectoryStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition", every_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned) or fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        pause.wait(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def pushcut(*args: str, **popen) -> subprocess.Popen:
+    """``pushcut ARGS`` as a separate OS process (the console script's module)."""
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+           "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
+    return subprocess.Popen([sys.executable, "-m", "common.cli", *args], cwd=REPO, env=env,
+                            **popen)
+
+
+class StoreProcess:
+    """``pushcut store`` on a fixed path and port; can be killed and started again."""
+
+    def __init__(self, path: Path, port: int | None = None):
+        self.path = str(path)
+        self.port = port or free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreProcess":
+        self.proc = pushcut("store", f"store.path={self.path}",
+                            f"store.ingest_address={self.address}", "store.log_every_s=2",
+                            stdout=subprocess.DEVNULL)
+        wait_for(lambda: (Path(self.path) / "data.mdb").exists() or self.proc.poll() is not None,
+                 what="the store to open its LMDB")
+        assert self.proc.poll() is None, f"store exited with {self.proc.returncode}"
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def groups(self) -> dict[str, list[Trajectory]]:
+        """Every complete group in the store: group_id -> its trajectories."""
+        with TrajectoryStore(self.path, readonly=True) as store:
+            return {g.group_id: store.read_group(g.group_id) for g in store.complete_groups()}
+
+    def missing(self, trajectory_ids) -> set[str]:
+        """The ids among ``trajectory_ids`` that the store does not hold."""
+        with TrajectoryStore(self.path, readonly=True) as store:
+            return {t for t in trajectory_ids if t not in store}

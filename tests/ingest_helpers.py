@@ -1,0 +1,97 @@
+"""Shared by the store/transport tests: waiting on conditions, free addresses, a real
+``pushcut store`` process, and a sender process body (top level, so spawn can import it)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class StoreProcess:
+    """``pushcut store`` as a real OS process, its output in ``log_path``."""
+
+    def __init__(self, path: Path, address: str, log_path: Path, *overrides: str):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "store", f"store.path={path}",
+             f"store.ingest_address={address}", "store.log_every_s=0.5", *overrides],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout_s)
+        self._log.close()
+        return rc
+
+
+def digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def sender_worker(address: str, worker: int, count: int, out_queue, progress,
+                  resend_after_s: float = 0.5, send_first_again: bool = False) -> None:
+    """Send ``count`` small trajectories (groups of 4) and report
+    (worker, acked ids, {id: sha256 of payload}, sender stats, flushed)."""
+    from common.synthetic import make_trajectory
+    from common.trajectory import encode
+    from common.transport import TrajectorySender
+
+    rng = np.random.default_rng(worker)
+    digests = {}
+    with TrajectorySender(address, max_in_flight=4, resend_after_s=resend_after_s,
+                          keep_acked=None) as sender:
+        for i in range(count):
+            traj = make_trajectory(rng, trajectory_id=f"w{worker}-{i:04d}",
+                                   group_id=f"w{worker}-g{i // 4}", group_size=4,
+                                   image_size=16, length=24, task_id=f"task/{worker}")
+            raw = encode(traj)
+            digests[traj.trajectory_id] = digest(raw)
+            sender.send(raw, traj.trajectory_id, timeout_s=120)
+            progress.value = sender.counters["acked"]
+        if send_first_again:
+            first = f"w{worker}-0000"
+            sender.send(make_trajectory(np.random.default_rng(worker), trajectory_id=first,
+                                        group_id=f"w{worker}-g0", group_size=4, image_size=16,
+                                        length=24, task_id=f"task/{worker}"), timeout_s=120)
+        flushed = sender.flush(120)
+        progress.value = sender.counters["acked"]
+        out_queue.put((worker, list(sender.acked_ids), digests, dict(sender.stats()), flushed))
