@@ -72,7 +72,8 @@ def run_chunk(env: TaskEnv, actions: np.ndarray, steps_left: int,
 
 
 class InProcessWorker:
-    """A TaskEnv in this process; ``start_*`` compute at once, ``result()`` hands it over."""
+    """A TaskEnv in this process; ``start_*`` compute at once, ``result()`` hands it over.
+    The TaskEnv methods pass through, so a worker is a TaskEnv too."""
 
     def __init__(self, env: TaskEnv):
         self.env = env
@@ -80,6 +81,21 @@ class InProcessWorker:
 
     def tasks(self) -> list[TaskSpec]:
         return self.env.tasks()
+
+    def train_init_state_ids(self, task_id: str) -> list[int]:
+        return self.env.train_init_state_ids(task_id)
+
+    def heldout_init_state_ids(self, task_id: str) -> list[int]:
+        return self.env.heldout_init_state_ids(task_id)
+
+    def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
+        return self.env.reset(task_id, init_state_id)
+
+    def step(self, action: np.ndarray, render: bool = True):
+        return self.env.step(action, render)
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return self.env.observe()
 
     def start_reset(self, task_id: str, init_state_id: int) -> None:
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ only when called, so ``pushcut store`` never imports torch or MuJoCo.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from typing import Callable
 
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("learner.report:main", "learning curves (PNG) and tables from run directories"),
     "setup": ("actors.libero_setup:main", "setup libero: install and verify the real LIBERO assets"),
     "keys": ("common.security:main", "generate CurveZMQ key pairs"),
+    "deploy": ("deploy.ray_launch:main", "place store, learner and N actors on a Ray cluster"),
     "soak": ("deploy.soak:main", "run the whole system for a set time, report RSS and store size"),
 }
 
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if show_cfg:
         print(to_yaml(cfg))
         return 0
-    result = _resolve(COMMANDS[name][0])(cfg, positional)
+    func = _resolve(COMMANDS[name][0])
+    # commands that start other pushcut processes forward the same overrides to them
+    extra = {"overrides": overrides} if "overrides" in inspect.signature(func).parameters else {}
+    result = func(cfg, positional, **extra)
     return int(result or 0)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, Sequence, Union
 
 import zmq
@@ -225,19 +226,28 @@ class IngestServer:
     ``commit`` gets the valid messages of one batch as (trajectory, payload) pairs and must
     return one :data:`Outcome` per item after its transaction is durable; if it raises,
     nothing of the batch is acknowledged (the senders resend) and the server keeps going.
+
+    Commits run in one worker thread (LMDB releases the GIL while it writes and syncs), so
+    the next batch is received and validated while the previous one commits; acks are sent
+    from the socket's own thread when a commit has finished.
     """
 
     def __init__(self, address: str, commit: CommitFn, *,
                  max_message_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 16,
-                 max_batch_bytes: int = 64 << 20, curve: Optional[CurveServerKeys] = None):
+                 max_batch_bytes: int = 256 << 20, curve: Optional[CurveServerKeys] = None):
         self.commit = commit
         self.max_message_bytes = max_message_bytes
         self.max_batch = max(1, max_batch)
         self.max_batch_bytes = max_batch_bytes
         self.counters: collections.Counter[str] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()
+        self._next: list[tuple] = []                 # validated, waiting for the committer
+        self._next_bytes = 0
+        self._committing: Optional[tuple[list, Future]] = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         # Own context: a CURVE authenticator is one per context.
         self._ctx = zmq.Context()
+        self._wake_rx, self._wake_tx = self._wake_pair()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         # Far beyond the contract's limit a peer is cut off instead of buffered; between the
@@ -254,23 +264,27 @@ class IngestServer:
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def serve_once(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for messages; handle one batch. Returns messages handled."""
-        if not self._sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            return 0
-        batch, size = [], 0
-        while len(batch) < self.max_batch and size < self.max_batch_bytes:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self.counters["received"] += 1
-            item = self._validate(frames)
-            if item is not None:
-                batch.append(item)
-                size += item[3].nbytes
-        if batch:
-            self._commit_and_reply(batch)
-        return self.counters["received"]
+        """Wait up to ``timeout_s`` for messages or a finished commit; receive and validate
+        what is waiting, acknowledge what is committed, start the next commit. Returns the
+        number of messages received."""
+        poller = zmq.Poller()
+        poller.register(self._wake_rx, zmq.POLLIN)
+        if len(self._next) < self.max_batch and self._next_bytes < self.max_batch_bytes:
+            poller.register(self._sock, zmq.POLLIN)   # when full, let ZeroMQ queue (backpressure)
+        events = dict(poller.poll(int(timeout_s * 1000)))
+        if self._wake_rx in events:
+            while self._wake_rx.poll(0):
+                self._wake_rx.recv()
+        received = self._receive() if self._sock in events else 0
+        if self._committing is not None and self._committing[1].done():
+            self._finish(*self._committing)
+            self._committing = None
+        if self._committing is None and self._next:
+            batch, self._next, self._next_bytes = self._next, [], 0
+            future = self._committer.submit(self.commit, [(t, p) for _, _, t, p in batch])
+            future.add_done_callback(lambda _: self._wake_tx.send(b"", zmq.NOBLOCK))
+            self._committing = (batch, future)
+        return received
 
     def serve(self, should_stop: Callable[[], bool], poll_s: float = 0.1) -> None:
         """Serve until ``should_stop()`` is true (checked at least every ``poll_s``)."""
@@ -278,12 +292,46 @@ class IngestServer:
             self.serve_once(poll_s)
 
     def close(self) -> None:
-        self._sock.close(linger=0)
+        """Commit and acknowledge what was received and validated, then close."""
+        if self._committing is not None:
+            self._finish(*self._committing)
+            self._committing = None
+        if self._next:
+            batch, self._next = self._next, []
+            self._finish(batch, self._committer.submit(
+                self.commit, [(t, p) for _, _, t, p in batch]))
+        self._committer.shutdown(wait=True)
+        for sock in (self._sock, self._wake_rx, self._wake_tx):
+            sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
 
     # ------------------------------------------------------------------ internals
+    def _wake_pair(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """inproc PAIR: the committer thread's done-callback wakes the socket thread."""
+        endpoint = f"inproc://ingest-wake-{id(self)}"
+        rx = self._ctx.socket(zmq.PAIR)
+        rx.bind(endpoint)
+        tx = self._ctx.socket(zmq.PAIR)
+        tx.connect(endpoint)
+        return rx, tx
+
+    def _receive(self) -> int:
+        received = 0
+        while len(self._next) < self.max_batch and self._next_bytes < self.max_batch_bytes:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            received += 1
+            self.counters["received"] += 1
+            item = self._validate(frames)
+            if item is not None:
+                self._next.append(item)
+                self._next_bytes += item[3].nbytes
+        return received
+
     def _validate(self, frames: list[zmq.Frame]):
         identity = frames[0].bytes
         if len(frames) != 3:
@@ -302,9 +350,9 @@ class IngestServer:
                 "id_mismatch", f"frame names {tid[:200]!r}, payload {traj.trajectory_id!r}"))
         return identity, tid, traj, payload
 
-    def _commit_and_reply(self, batch: list) -> None:
+    def _finish(self, batch: list, future: Future) -> None:
         try:
-            outcomes = self.commit([(traj, payload) for _, _, traj, payload in batch])
+            outcomes = future.result()
         except Exception:   # the store failed: acknowledge nothing, senders will resend
             self.counters["commit_errors"] += 1
             log.exception("commit of %d trajectories failed; nothing acknowledged", len(batch))

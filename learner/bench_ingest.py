@@ -47,7 +47,8 @@ _POOL = 4                     # distinct payloads per producer
 class PayloadStamper:
     """Pre-encoded trajectories whose trajectory_id and group_id are overwritten in place.
 
-    ``next(group_id)`` -> (trajectory_id, payload bytes) for a fresh trajectory_id.
+    ``next(group_id)`` -> (trajectory_id, payload bytes) for a fresh trajectory_id; the
+    group_id must have the placeholder's length (32, as ``uuid4().hex``).
     """
 
     def __init__(self, seed: int, decisions: int, cameras: int, image_size: int,
@@ -73,6 +74,8 @@ class PayloadStamper:
         return len(self.templates[0])
 
     def next(self, group_id: str) -> tuple[str, bytes]:
+        if len(group_id.encode()) != len(_PLACEHOLDER):
+            raise ValueError(f"group_id {group_id!r}: stamped ids need {len(_PLACEHOLDER)} bytes")
         trajectory_id = uuid.uuid4().hex
         buf = self.templates[self.count % _POOL]
         self.count += 1
@@ -122,7 +125,7 @@ def measure_raw(path: Path, stamper: PayloadStamper, seconds: float, per_txn: in
     while time.monotonic() - t0 < seconds:
         with env.begin(write=True) as txn:
             for _ in range(per_txn):
-                _, payload = stamper.next("raw")
+                _, payload = stamper.next(_PLACEHOLDER)
                 txn.put(str(written % capacity).encode(), payload)   # a ring: bounded file
                 written += 1
     elapsed = time.monotonic() - t0
@@ -130,40 +133,53 @@ def measure_raw(path: Path, stamper: PayloadStamper, seconds: float, per_txn: in
     return {"traj_per_s": written / elapsed, "mb_per_s": written * stamper.size / elapsed / 1e6}
 
 
+def _stream(ctx, address: str, producers: int, in_flight: int, seconds: float, shape,
+            first_seed: int) -> dict:
+    """Run ``producers`` producer processes against the store for ``seconds``."""
+    out, start = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_producer, args=(address, first_seed + i, shape, seconds,
+                                                 in_flight, start, out))
+             for i in range(producers)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        assert out.get(timeout=300) == "ready"
+    start.set()
+    results = [out.get(timeout=seconds + 300) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    elapsed = max(r["elapsed_s"] for r in results)
+    latencies = np.concatenate([r["latencies_s"] for r in results]) * 1000
+    acked = sum(r["acked"] for r in results)
+    return {"traj_per_s": acked / elapsed,
+            "mb_per_s": sum(r["bytes"] for r in results) / elapsed / 1e6,
+            "p50_ms": float(np.percentile(latencies, 50)) if acked else float("nan"),
+            "p99_ms": float(np.percentile(latencies, 99)) if acked else float("nan"),
+            "acked": acked, "resent": sum(r["resent"] for r in results),
+            "rejected": sum(r["rejected"] for r in results),
+            "all_flushed": all(r["flushed"] for r in results)}
+
+
 def measure_ingest(cfg: PushcutConfig, root: Path, capacity: int, shape) -> dict:
+    """A store process; first ``producers`` saturating it, then one producer with one
+    trajectory in flight (the latency of an unloaded store)."""
     b = cfg.bench
     ctx = mp.get_context("spawn")
-    store_out, prod_out, stop, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    store_out, stop = ctx.Queue(), ctx.Event()
     store_cfg = {**asdict(cfg.store), "path": str(root / "store"), "capacity": capacity,
                  "ingest_address": "tcp://127.0.0.1:*", "log_every_s": 3600.0}
     store = ctx.Process(target=_store_process, args=(store_cfg, store_out, stop))
     store.start()
-    address = store_out.get(timeout=120)
-    producers = [ctx.Process(target=_producer, args=(address, seed, shape, b.seconds,
-                                                     b.ingest_in_flight, start, prod_out))
-                 for seed in range(b.producers)]
-    for p in producers:
-        p.start()
-    for _ in producers:
-        assert prod_out.get(timeout=300) == "ready"
-    start.set()
-    results = [prod_out.get(timeout=b.seconds + 300) for _ in producers]
-    stop.set()
+    try:
+        address = store_out.get(timeout=120)
+        loaded = _stream(ctx, address, b.producers, b.ingest_in_flight, b.seconds, shape, 0)
+        light = _stream(ctx, address, 1, 1, max(2.0, b.seconds / 4), shape, b.producers)
+    finally:
+        stop.set()
     final = store_out.get(timeout=120)
-    for p in [*producers, store]:
-        p.join(60)
-    elapsed = max(r["elapsed_s"] for r in results)
-    latencies = np.concatenate([r["latencies_s"] for r in results]) * 1000
-    return {"traj_per_s": sum(r["acked"] for r in results) / elapsed,
-            "mb_per_s": sum(r["bytes"] for r in results) / elapsed / 1e6,
-            "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
-            "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
-            "acked": sum(r["acked"] for r in results),
-            "resent": sum(r["resent"] for r in results),
-            "rejected": sum(r["rejected"] for r in results),
-            "all_flushed": all(r["flushed"] for r in results),
-            "stored": final.get("ingest_stored", 0), "batches": final.get("ingest_batches", 0),
-            "evicted": final.get("evicted", 0)}
+    store.join(60)
+    return {"loaded": loaded, "light": light, "stored": final.get("ingest_stored", 0),
+            "batches": final.get("ingest_batches", 0), "evicted": final.get("evicted", 0)}
 
 
 def run(cfg: PushcutConfig) -> dict:
@@ -172,39 +188,44 @@ def run(cfg: PushcutConfig) -> dict:
     stamper = PayloadStamper(10_000, *shape)
     capacity = max(4 * cfg.store.max_batch, (b.ingest_store_mb << 20) // stamper.size)
     map_size = max(cfg.store.map_size_mb << 20, 2 * capacity * stamper.size)
-    console.print(f"ingest bench: {b.producers} producers, {stamper.size / 1e6:.2f} MB per "
-                  f"trajectory ({b.decisions} decisions x {b.cameras} cameras "
-                  f"{b.image_size}x{b.image_size}), {b.seconds:.0f}s, store capacity {capacity}")
+    console.print(f"ingest bench: {b.producers} producers x {b.ingest_in_flight} in flight, "
+                  f"{stamper.size / 1e6:.2f} MB per trajectory ({b.decisions} decisions x "
+                  f"{b.cameras} cameras {b.image_size}x{b.image_size}), {b.seconds:.0f}s, "
+                  f"store capacity {capacity} trajectories")
     root = Path(tempfile.mkdtemp(prefix="pushcut-bench-ingest-"))
     try:
-        raw_one = measure_raw(root / "raw1", stamper, b.seconds / 2, 1, capacity, map_size)
-        raw_batch = measure_raw(root / "rawN", stamper, b.seconds / 2, cfg.store.max_batch,
-                                capacity, map_size)
+        raw = {per: measure_raw(root / f"raw{per}", stamper, b.seconds / 2, per, capacity,
+                                map_size)
+               for per in sorted({1, cfg.store.max_batch})}
         ingest = measure_ingest(cfg, root, capacity, shape)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    limit = max(raw_one["mb_per_s"], raw_batch["mb_per_s"])
+    limit = max(r["mb_per_s"] for r in raw.values())
     figures = {"payload_mb": stamper.size / 1e6, "producers": b.producers,
-               "raw_1_per_txn": raw_one, f"raw_{cfg.store.max_batch}_per_txn": raw_batch,
-               "ingest": ingest, "ratio": ingest["mb_per_s"] / limit}
-    _print(console, figures, raw_one, raw_batch, ingest, cfg.store.max_batch)
+               "in_flight": b.ingest_in_flight, "seconds": b.seconds,
+               **{f"raw_{per}_per_txn": r for per, r in raw.items()}, "ingest": ingest,
+               "ratio": ingest["loaded"]["mb_per_s"] / limit}
+    _print(console, figures, raw, ingest)
     return figures
 
 
-def _print(console: Console, figures: dict, raw_one: dict, raw_batch: dict, ingest: dict,
-           max_batch: int) -> None:
+def _print(console: Console, figures: dict, raw: dict[int, dict], ingest: dict) -> None:
     table = Table(title="pushcut bench ingest")
     for col in ("path", "MB/s", "trajectories/s", "p50 ack ms", "p99 ack ms"):
         table.add_column(col, justify="right" if col != "path" else "left")
-    table.add_row("raw LMDB, durable, 1 per txn", f"{raw_one['mb_per_s']:.1f}",
-                  f"{raw_one['traj_per_s']:.1f}", "", "")
-    table.add_row(f"raw LMDB, durable, {max_batch} per txn", f"{raw_batch['mb_per_s']:.1f}",
-                  f"{raw_batch['traj_per_s']:.1f}", "", "")
-    table.add_row(f"ingest ({figures['producers']} producers -> ZeroMQ -> store)",
-                  f"{ingest['mb_per_s']:.1f}", f"{ingest['traj_per_s']:.1f}",
-                  f"{ingest['p50_ms']:.1f}", f"{ingest['p99_ms']:.1f}")
+    for per, r in raw.items():
+        table.add_row(f"raw LMDB, durable, {per} per txn", f"{r['mb_per_s']:.1f}",
+                      f"{r['traj_per_s']:.1f}", "", "")
+    for name, label in (("loaded", f"ingest, {figures['producers']} producers x "
+                                   f"{figures['in_flight']} in flight"),
+                        ("light", "ingest, 1 producer x 1 in flight")):
+        r = ingest[name]
+        table.add_row(label, f"{r['mb_per_s']:.1f}", f"{r['traj_per_s']:.1f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
     console.print(table)
-    console.print(f"ratio ingest / best raw = {figures['ratio']:.2f}  (goal >= 0.7); "
-                  f"p99 ack latency {ingest['p99_ms']:.1f} ms (goal < 50); "
-                  f"resent {ingest['resent']}, rejected {ingest['rejected']}, "
-                  f"evicted {ingest['evicted']}, all flushed: {ingest['all_flushed']}")
+    loaded = ingest["loaded"]
+    console.print(f"ratio ingest / best raw = {figures['ratio']:.2f} (goal >= 0.7); p99 ack "
+                  f"latency {loaded['p99_ms']:.1f} ms loaded, {ingest['light']['p99_ms']:.1f} ms "
+                  f"unloaded (goal < 50); resent {loaded['resent']}, rejected "
+                  f"{loaded['rejected']}, evicted {ingest['evicted']}, all flushed "
+                  f"{loaded['all_flushed'] and ingest['light']['all_flushed']}")

@@ -145,13 +145,15 @@ class Trainer:
 
     def load_state(self, model_sd: dict[str, torch.Tensor] | None,
                    optim_sd: dict[str, Any] | None) -> None:
-        """Rank 0 passes full state dicts (left unchanged); they are broadcast into every
-        rank's shards. The other ranks pass None."""
-        # set_*_state_dict replace the values of the dicts they get by local shards: copy
-        model_sd = dict(model_sd) if self.rank == 0 and model_sd is not None else {}
-        set_model_state_dict(self.policy, model_sd, options=FROM_RANK0)
-        has_optim = broadcast_bytes(b"1" if optim_sd is not None else b"", self.device)
-        if has_optim:
+        """Rank 0 passes full state dicts (None: keep that part as it is; rank 0's dicts are
+        left unchanged); they are broadcast into every rank's shards. Other ranks pass None."""
+        flags = broadcast_bytes(bytes([model_sd is not None, optim_sd is not None])
+                                if self.rank == 0 else None, self.device)
+        if flags[0]:
+            # set_*_state_dict replace the values of the dicts they get by local shards: copy
+            model_sd = dict(model_sd) if self.rank == 0 else {}
+            set_model_state_dict(self.policy, model_sd, options=FROM_RANK0)
+        if flags[1]:
             optim_sd = {"state": {k: dict(v) for k, v in optim_sd["state"].items()},
                         "param_groups": [dict(g) for g in optim_sd["param_groups"]]
                         } if self.rank == 0 else {}

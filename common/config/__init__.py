@@ -17,11 +17,12 @@ from common.config.schema import (
     EvalConfig,
     DemosConfig,
     BenchConfig,
+    DeployConfig,
 )
 from common.config.loading import load_config, register_configs
 
 __all__ = [
     "ActorConfig", "AlgoConfig", "EnvConfig", "LearnerConfig", "ModelConfig", "PushcutConfig",
-    "StoreConfig", "SftConfig", "EvalConfig", "DemosConfig", "BenchConfig",
+    "StoreConfig", "SftConfig", "EvalConfig", "DemosConfig", "BenchConfig", "DeployConfig",
     "load_config", "register_configs",
 ]

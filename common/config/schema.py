@@ -94,6 +94,7 @@ class ActorConfig:
     subprocess_envs: bool = False     # one subprocess per env worker (LIBERO always)
     log_every_s: float = 5.0
     heartbeat_s: float = 2.0
+    heartbeat_address: str = "tcp://127.0.0.1:5558"  # learner's heartbeat PULL socket
     curve_server_key: Optional[str] = None
     curve_secret_key: Optional[str] = None
     policy: str = "model"             # model (cfg.model) | expert (tabletop scripted expert)
@@ -120,6 +121,8 @@ class LearnerConfig:
     host_store: bool = False          # run the store ingest inside the learner process
     poll_s: float = 0.2
     heartbeat_timeout_s: float = 10.0
+    heartbeat_address: str = "tcp://127.0.0.1:5558"
+    stall_s: float = 30.0             # heartbeats but no env-step progress this long: stalled
     curve_secret_key: Optional[str] = None
     curve_authorized_dir: Optional[str] = None
 
@@ -173,6 +176,27 @@ class BenchConfig:
 
 
 @dataclass
+class DeployConfig:
+    """Placement on a Ray cluster (``pushcut deploy``); Ray is used only in ``deploy/``."""
+    address: str = "auto"             # Ray cluster address (``ray start --head`` first)
+    namespace: str = "pushcut"
+    advertise_host: Optional[str] = None  # host actors dial for store/learner; None = its node IP
+    bind_host: str = "0.0.0.0"        # where the store and learner bind their sockets
+    store_port: int = 5555
+    weights_port: int = 5556
+    announce_port: int = 5557
+    heartbeat_port: int = 5558
+    actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    head_resource: Optional[str] = None   # custom resource that pins store + learner to a node
+    max_restarts: int = -1            # Ray actor restarts (-1 = unlimited)
+    status_every_s: float = 5.0
+    duration_s: Optional[float] = None    # stop everything after this long (None = until Ctrl-C)
+
+
+@dataclass
 class PushcutConfig:
     """Root config. ``mode``: async (default) or sync (the paper's lock-step schedule)."""
     run_dir: str = "runs/default"
@@ -190,3 +214,4 @@ class PushcutConfig:
     sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)

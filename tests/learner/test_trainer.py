@@ -74,7 +74,10 @@ def test_two_ranks_step_equals_one_process_step(tmp_path):
     one = policy.state_dict()
     moved = 0
     for name, w in one.items():
-        torch.testing.assert_close(two[name], w, rtol=1e-5, atol=1e-6)
+        # AdamW's first step is lr·g/(|g| + eps): for |g| near eps, float noise in g moves
+        # the update by up to ~1e-3·lr, so compare at 5e-3·lr (grad norm and loss below
+        # are compared at 1e-5 relative)
+        torch.testing.assert_close(two[name], w, rtol=1e-5, atol=5e-3 * ALGO.lr)
         moved += int(not torch.equal(w, start[name]))
     assert moved > len(one) // 2                  # the step changed most tensors
     assert stats1["trajectories"] == stats2["trajectories"] == 9

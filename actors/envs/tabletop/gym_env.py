@@ -36,7 +36,8 @@ class TabletopGymEnv(gym.Env):
 
     def __init__(self, task_id: str = "spatial/0", image_size: int = 64,
                  wrist_camera: bool = False, num_train_init_states: int = 40,
-                 num_heldout_init_states: int = 10, render_mode: str | None = "rgb_array"):
+                 num_heldout_init_states: int = 10, max_steps: int | None = None,
+                 render_mode: str | None = "rgb_array"):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} not supported (rgb_array or None)")
         self.task_id = task_id
@@ -44,7 +45,7 @@ class TabletopGymEnv(gym.Env):
         self._env = TabletopEnv(EnvConfig(
             tasks=[task_id], image_size=image_size, wrist_camera=wrist_camera,
             num_train_init_states=num_train_init_states,
-            num_heldout_init_states=num_heldout_init_states))
+            num_heldout_init_states=num_heldout_init_states, max_steps=max_steps))
         self.spec_task = self._env.tasks()[0]
         views = 2 if wrist_camera else 1
         self.observation_space = spaces.Dict({

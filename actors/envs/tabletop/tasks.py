@@ -132,23 +132,19 @@ def _relation_holds(rel: str, a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
-    """A pure function of (task_id, init_state_id): rejection sampling of non-overlapping
-    footprints within the workspace, from a generator seeded by both."""
+    """A pure function of (task_id, init_state_id): footprints placed one by one (each
+    retried until it clears those already placed, and for spatial tasks until the told
+    relation holds) inside the workspace, from a generator seeded by both."""
     if init_state_id < 0:
         raise ValueError(f"init_state_id must be >= 0, got {init_state_id}")
     rng = _rng(task.task_id, init_state_id)
     scene = task.scene
     radii = {o.name: o.radius for o in scene.objects}
     radii.update({r: RECEPTACLE_RADIUS[r] for r in scene.receptacles})
-    # receptacles first: they are the largest footprints
-    names = list(scene.receptacles) + [o.name for o in scene.objects]
-    for _ in range(10_000):
-        pos: dict[str, np.ndarray] = {}
-        for name in names:
-            pos[name] = _sample_xy(rng, task.family, name, radii[name])
-        if not _separated(pos, radii):
-            continue
-        if task.relation and not _relation_holds(task.relation, pos["cube_a"], pos["cube_b"]):
+    names = list(scene.receptacles) + [o.name for o in scene.objects]   # largest first
+    for _ in range(1000):
+        pos = _place(rng, task, names, radii)
+        if pos is None:
             continue
         yaw = {o.name: float(rng.uniform(-0.4, 0.4)) for o in scene.objects}
         g = rng.uniform([-0.16, -0.03, 0.16], [-0.12, 0.03, 0.2])
@@ -160,18 +156,31 @@ def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
     raise RuntimeError(f"{task.task_id}: no layout found for init_state_id {init_state_id}")
 
 
+def _place(rng: np.random.Generator, task: TaskDef, names: list[str],
+           radii: dict[str, float]) -> dict[str, np.ndarray] | None:
+    """Positions [2] for ``names`` in order, or None when one finds no free spot."""
+    pos: dict[str, np.ndarray] = {}
+    for name in names:
+        for _ in range(200):
+            xy = _sample_xy(rng, task.family, name, radii[name])
+            if all(math.dist(xy, q) >= radii[name] + radii[o] + GAP for o, q in pos.items()) \
+                    and _relation_ok(task, name, xy, pos):
+                pos[name] = xy
+                break
+        else:
+            return None
+    return pos
+
+
+def _relation_ok(task: TaskDef, name: str, xy: np.ndarray, pos: dict[str, np.ndarray]) -> bool:
+    if not task.relation or name != "cube_b":
+        return True
+    return _relation_holds(task.relation, pos["cube_a"], xy)
+
+
 def _sample_xy(rng: np.random.Generator, family: str, name: str, radius: float) -> np.ndarray:
     if family == "goal":
         return np.asarray(GOAL_NOMINAL[name]) + rng.uniform(-GOAL_JITTER, GOAL_JITTER, 2)
     lo = [X_RANGE[0] + radius * 0.5, Y_RANGE[0] + radius * 0.5]
     hi = [X_RANGE[1] - radius * 0.5, Y_RANGE[1] - radius * 0.5]
     return rng.uniform(lo, hi)
-
-
-def _separated(pos: dict[str, np.ndarray], radii: dict[str, float]) -> bool:
-    names = list(pos)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if math.dist(pos[a], pos[b]) < radii[a] + radii[b] + GAP:
-                return False
-    return True

@@ -1,0 +1,175 @@
+"""``pushcut learner``: the GRPO learner process — FSDP ranks, filter, weight broadcast,
+checkpoints, metrics.
+
+In: complete groups in the trajectory store at ``store.path`` (ingested by ``pushcut store``
+or, with ``learner.host_store=true``, by an ingest thread in this process); actor heartbeats
+on ``learner.heartbeat_address``. Out: a new ``policy_version`` per update, announced and
+served on ``learner.announce_address`` / ``learner.weights_address``; checkpoints in
+``learner.checkpoint_dir`` every ``learner.checkpoint_every`` versions and at shutdown; one
+JSONL line per version in ``<run_dir>/learner.jsonl`` (and W&B, offline unless logged in).
+
+    pushcut learner store.path=runs/x/store learner.checkpoint_dir=runs/x/checkpoints \\
+        model.checkpoint=runs/x/sft learner.world_size=2 run_dir=runs/x
+
+Ranks: this process is rank 0 and does all I/O; ``learner.world_size - 1`` more ranks are
+spawned (one OS process each) and follow rank 0's commands over torch.distributed. On start
+the newest checkpoint is resumed automatically (weights, optimiser, version, consumption
+marks, RNG). ``learner.max_versions``: stop once policy_version reaches it (an absolute
+version, so a resumed run stops at the same place). SIGINT/SIGTERM: finish the update in
+progress, write a checkpoint, stop the other ranks, exit 0.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+
+import msgpack
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from omegaconf import OmegaConf
+
+from common.config.schema import PushcutConfig
+from learner.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore_rng
+from learner.trainer import Trainer, broadcast_bytes, free_port, init_process_group
+
+log = logging.getLogger("pushcut.learner")
+
+
+def cfg_to_yaml(cfg: PushcutConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def cfg_from_yaml(text: str) -> PushcutConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(PushcutConfig), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)
+
+
+def effective_algo(cfg: PushcutConfig):
+    """mode=sync trains only on groups of the current version (staleness 0)."""
+    if cfg.mode not in ("async", "sync"):
+        raise ValueError(f"mode must be async or sync, got {cfg.mode!r}")
+    return dataclasses.replace(cfg.algo, max_staleness=0) if cfg.mode == "sync" else cfg.algo
+
+
+def initial_policy(cfg: PushcutConfig, checkpoint: Checkpoint | None):
+    """The checkpoint's exported policy when resuming, else model.checkpoint / fresh."""
+    from common.models import build_policy, load_policy
+    if checkpoint is not None:
+        return load_policy(checkpoint.policy_dir)
+    return build_policy(cfg.model)
+
+
+def send_command(op: str, device) -> None:
+    broadcast_bytes(msgpack.packb({"op": op}), device)
+
+
+def follow(trainer: Trainer) -> None:
+    """Ranks >= 1: do the collective half of whatever rank 0 announces, until 'stop'."""
+    while True:
+        op = msgpack.unpackb(broadcast_bytes(None, trainer.device))["op"]
+        if op == "train":
+            trainer.train(None)
+            trainer.full_state_dict()
+        elif op == "checkpoint":
+            trainer.optimizer_state_dict()
+        elif op == "stop":
+            return
+        else:
+            raise RuntimeError(f"rank {trainer.rank}: unknown command {op!r} from rank 0")
+
+
+def _die_with_parent() -> None:
+    """A follower rank must not outlive rank 0 (e.g. rank 0 SIGKILLed): Linux only."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_rank(rank: int, world_size: int, init_method: str, cfg_yaml: str,
+             stop: threading.Event | None = None) -> dict:
+    """One learner rank from start to stop. Rank 0 returns its final summary."""
+    cfg = cfg_from_yaml(cfg_yaml)
+    if rank > 0:
+        _die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # rank 0 decides when to stop
+    device = init_process_group(rank, world_size, init_method, cfg.learner)
+    try:
+        found = latest_checkpoint(cfg.learner.checkpoint_dir) if rank == 0 else None
+        path = broadcast_bytes(str(found).encode() if found else b"", device).decode()
+        ckpt = load_checkpoint(path) if path else None
+        policy = initial_policy(cfg, ckpt)
+        template = copy.deepcopy(policy) if rank == 0 else None
+        reference = None
+        if cfg.algo.kl_coef != 0:
+            from common.models import build_policy
+            reference = build_policy(cfg.model)
+        trainer = Trainer(policy, effective_algo(cfg), cfg.learner, device,
+                          policy_version=ckpt.policy_version if ckpt else 0, reference=reference)
+        if ckpt is not None:
+            trainer.load_state(None, ckpt.optimizer if rank == 0 else None)
+            restore_rng(ckpt.rng["tensors"], ckpt.rng["states"])
+        if rank > 0:
+            follow(trainer)
+            return {}
+        from learner.learner_loop import Learner
+        with Learner(cfg, trainer, template, stop or threading.Event(), ckpt) as learner:
+            return learner.run()
+    finally:
+        dist.destroy_process_group()
+
+
+def _follower_entry(rank: int, world_size: int, init_method: str, cfg_yaml: str) -> None:
+    run_rank(rank, world_size, init_method, cfg_yaml)
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        from rich.logging import RichHandler
+        logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
+                            handlers=[RichHandler(show_path=False)])
+
+
+def main(cfg: PushcutConfig, args: list[str]) -> int:
+    """``pushcut learner [key=value ...]``."""
+    if args:
+        print(f"pushcut learner: unexpected argument(s) {args} (only key=value overrides)",
+              file=sys.stderr)
+        return 2
+    _setup_logging()
+    effective_algo(cfg)   # reject a bad mode before starting anything
+    world_size = max(1, cfg.learner.world_size)
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    cfg_yaml = cfg_to_yaml(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("signal %d: stopping after the update in progress", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    ctx = mp.get_context("spawn")
+    followers = [ctx.Process(target=_follower_entry, name=f"learner-rank{r}", daemon=True,
+                             args=(r, world_size, init_method, cfg_yaml))
+                 for r in range(1, world_size)]
+    for p in followers:
+        p.start()
+    try:
+        summary = run_rank(0, world_size, init_method, cfg_yaml, stop)
+    finally:
+        for p in followers:
+            p.join(timeout=60)
+            if p.is_alive():
+                log.warning("rank %s did not stop; terminating it", p.name)
+                p.terminate()
+    print("learner stopped: " + json.dumps(summary, default=str), flush=True)
+    return 0
