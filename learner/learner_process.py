@@ -76,6 +76,8 @@ def follow(trainer: Trainer) -> None:
         if op == "train":
             trainer.train(None)
             trainer.full_state_dict()
+        elif op == "state":
+            trainer.full_state_dict()
         elif op == "checkpoint":
             trainer.optimizer_state_dict()
         elif op == "stop":

@@ -129,9 +129,10 @@ class LearnerConfig:
 
 @dataclass
 class DemosConfig:
-    per_task: int = 50
-    noise: float = 0.0
-    out: str = "runs/demos"
+    """``pushcut demos``: scripted-expert demonstrations of the tabletop tasks."""
+    per_task: int = 50                # successful demos kept per task (failures are retried)
+    noise: float = 0.0                # std of gaussian noise on the expert's actions in [-1, 1]
+    out: str = "runs/demos"           # dataset directory; must not hold a dataset yet
 
 
 @dataclass

@@ -80,6 +80,10 @@ class StoreProcess:
         with TrajectoryStore(self.path, readonly=True) as store:
             return {g.group_id: store.read_group(g.group_id) for g in store.complete_groups()}
 
+    def stats(self) -> dict:
+        with TrajectoryStore(self.path, readonly=True) as store:
+            return store.stats()
+
     def missing(self, trajectory_ids) -> set[str]:
         """The ids among ``trajectory_ids`` that the store does not hold."""
         with TrajectoryStore(self.path, readonly=True) as store:

@@ -64,7 +64,8 @@ def _obstacles(sim: Sim, obj: str) -> list[tuple[np.ndarray, float]]:
 
 
 class Expert:
-    def __init__(self, env: TabletopEnv, noise: float = 0.0, seed: int = 0):
+    def __init__(self, env: TabletopEnv, noise: float = 0.0,
+                 seed: int | np.random.SeedSequence = 0):
         if noise < 0:
             raise ValueError(f"expert noise must be >= 0, got {noise}")
         self.env, self.noise = env, noise

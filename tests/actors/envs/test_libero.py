@@ -57,7 +57,7 @@ def test_init_state_split_is_disjoint_and_validated():
     train, heldout = lib.init_state_split(40, 10)
     assert train == list(range(40)) and heldout == list(range(40, 50))
     assert not set(train) & set(heldout)
-    with pytest.raises(ValueError, match="num_train_init_states .45. .* num_heldout_init_states"):
+    with pytest.raises(ValueError, match=r"num_train_init_states \(45\) \+ env.num_heldout_init_states \(10\)"):
         lib.init_state_split(45, 10)
 
 
@@ -201,8 +201,8 @@ def test_success_through_sim_state_arrives_in_store(env, tmp_path):
     assert len(group) == 2
     for traj in group:
         assert traj.success is True and traj.task_id == TASK
-        assert traj.length == 1                      # the first step already satisfies the goal
-        assert traj.images.shape == (1, 1, SIZE, SIZE, 3)
+        assert traj.length <= 8                      # the bowl lands on the plate at once
+        assert traj.images.shape == (1, 1, SIZE, SIZE, 3)    # so one decision was enough
         assert traj.init_state_id in env.train_init_state_ids(TASK)
 
 

@@ -1,0 +1,130 @@
+"""``pushcut learner`` as a real OS process over a real LMDB store: it trains, publishes,
+checkpoints; SIGKILLed and restarted it resumes at the right version and never trains on
+a group twice."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.metrics import read_jsonl
+from learner.checkpoint import latest_checkpoint, load_checkpoint
+from learner.store import TrajectoryStore
+from learner.trainer import free_port
+from tests.learner.helpers import micro_policy, sampled_group
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.2)   # polling interval of the condition, not a synchronisation
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def fill_store(path: Path, num_groups: int, seed: int = 0) -> list[str]:
+    policy = micro_policy(0)
+    rng = np.random.default_rng(seed)
+    ids = []
+    with TrajectoryStore(str(path), capacity=10_000, map_size_mb=64) as store:
+        for g in range(num_groups):
+            group = sampled_group(policy, rng, [True, False, g % 2 == 0, False],
+                                  task_id=f"spatial/{g % 3}", length=10)
+            for t in group:
+                store.put(t)
+            ids.append(group[0].group_id)
+    return ids
+
+
+def learner_args(tmp: Path, **extra) -> list[str]:
+    over = {"run_dir": tmp, "store.path": tmp / "store", "learner.checkpoint_dir": tmp / "ckpt",
+            "model.preset": "micro", "wandb": "false", "algo.group_size": 4,
+            "algo.groups_per_batch": 2, "algo.micro_batch_size": 4, "algo.max_staleness": 100,
+            "learner.poll_s": 0.05,
+            "learner.weights_address": f"tcp://127.0.0.1:{free_port()}",
+            "learner.announce_address": f"tcp://127.0.0.1:{free_port()}",
+            "learner.heartbeat_address": f"tcp://127.0.0.1:{free_port()}", **extra}
+    return [f"{k}={v}" for k, v in over.items()]
+
+
+def start_learner(args: list[str], log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "common.cli", "learner", *args],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def updates(run_dir: Path) -> list[dict]:
+    return [r for r in read_jsonl(run_dir / "learner.jsonl") if r.get("event") == "update"]
+
+
+@pytest.mark.slow
+def test_learner_trains_publishes_and_checkpoints(tmp_path):
+    fill_store(tmp_path / "store", 6)
+    args = learner_args(tmp_path, **{"learner.max_versions": 3, "learner.checkpoint_every": 2})
+    proc = start_learner(args, tmp_path / "learner.log")
+    try:
+        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    rows = updates(tmp_path)
+    assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    trained = [g for r in rows for g in r["group_ids"]]
+    assert len(trained) == 6 == len(set(trained))
+    assert all(r["staleness_max"] == r["policy_version"] - 1 for r in rows)
+    ckpt = latest_checkpoint(tmp_path / "ckpt")
+    assert ckpt.name == "version-00000003"
+    assert set(load_checkpoint(ckpt).consumption_marks.values()) == {"trained"}
+    log = (tmp_path / "learner.log").read_text()
+    assert "learner stopped:" in log
+
+
+@pytest.mark.slow
+def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
+    all_groups = fill_store(tmp_path / "store", 16)
+    # phase 1: two FSDP ranks, checkpoint every 2 versions, killed mid-run
+    args = learner_args(tmp_path, **{"learner.checkpoint_every": 2, "learner.world_size": 2})
+    proc = start_learner(args, tmp_path / "learner.log")
+    try:
+        wait_until(lambda: len(updates(tmp_path)) >= 3 and latest_checkpoint(tmp_path / "ckpt"),
+                   400, "3 updates and a checkpoint", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    killed_at = max(r["policy_version"] for r in updates(tmp_path))
+    resume_version = load_checkpoint(latest_checkpoint(tmp_path / "ckpt")).policy_version
+    assert 2 <= resume_version <= killed_at
+    # phase 2: one rank, until version resume_version + 3
+    target = resume_version + 3
+    args = learner_args(tmp_path, **{"learner.checkpoint_every": 2,
+                                     "learner.max_versions": target})
+    proc = start_learner(args, tmp_path / "learner2.log")
+    try:
+        assert proc.wait(timeout=400) == 0, (tmp_path / "learner2.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    starts = [r for r in read_jsonl(tmp_path / "learner.jsonl") if r["event"] == "start"]
+    assert [s["resumed_from"] for s in starts] == [None, resume_version]
+    rows = updates(tmp_path)
+    second = [r for r in rows if r["time"] > starts[1]["time"]]
+    assert [r["policy_version"] for r in second] == list(range(resume_version + 1, target + 1))
+    trained = [g for r in rows for g in r["group_ids"]]
+    assert len(trained) == len(set(trained)), "a group was trained on twice"
+    assert set(trained) <= set(all_groups)
+    with TrajectoryStore(str(tmp_path / "store"), readonly=True) as store:
+        marks = store.consumption_marks()
+    assert all(marks.get(g) == "trained" for g in trained)
