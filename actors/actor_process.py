@@ -194,9 +194,12 @@ def run_actor(cfg, stop: threading.Event) -> dict:
 
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
+        from rich.console import Console
         from rich.logging import RichHandler
+        # logs on stderr: stdout carries only the final summary line
         logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(show_path=False)])
+                            handlers=[RichHandler(console=Console(stderr=True),
+                                                  show_path=False)])
 
 
 def main(cfg, args: list[str]) -> int:

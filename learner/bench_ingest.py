@@ -96,7 +96,7 @@ def _producer(address: str, seed: int, shape: tuple[int, int, int], seconds: flo
                           keep_acked=None) as sender:
         out.put("ready")
         start.wait()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         group_id = uuid.uuid4().hex
         while time.monotonic() - t0 < seconds:
             if stamper.count % 8 == 0:
@@ -104,7 +104,8 @@ def _producer(address: str, seed: int, shape: tuple[int, int, int], seconds: flo
             trajectory_id, payload = stamper.next(group_id)
             sender.send(payload, trajectory_id, timeout_s=120)
         flushed = sender.flush(120)
-        out.put({"elapsed_s": time.monotonic() - t0, "acked": sender.counters["acked"],
+        out.put({"elapsed_s": time.monotonic() - t0, "cpu_s": time.process_time() - cpu0,
+                 "acked": sender.counters["acked"],
                  "bytes": sender.counters["acked"] * stamper.size, "flushed": flushed,
                  "resent": sender.counters["resent"], "rejected": sum(sender.rejected.values()),
                  "latencies_s": list(sender.ack_latencies_s)})
@@ -158,6 +159,7 @@ def _stream(ctx, address: str, producers: int, in_flight: int, seconds: float, s
             "p50_ms": float(np.percentile(latencies, 50)) if acked else float("nan"),
             "p99_ms": float(np.percentile(latencies, 99)) if acked else float("nan"),
             "acked": acked, "resent": sum(r["resent"] for r in results),
+            "producer_cpu_ms_per_traj": 1000 * sum(r["cpu_s"] for r in results) / max(acked, 1),
             "rejected": sum(r["rejected"] for r in results),
             "all_flushed": all(r["flushed"] for r in results)}
 

@@ -95,7 +95,7 @@ class GRPO:
             self.policy.set_requires_gradient_sync(enabled)
 
     # -- the update --------------------------------------------------------------------
-    def update(self, batch: Batch, total_trajectories: int | None = None) -> dict[str, float]:
+    def update(self, batch: Batch, total_trajectories: int | None = None) -> dict[str, Any]:
         """One update from ``batch`` (this rank's trajectories). ``total_trajectories``: the
         count over all ranks (default: this batch's), which every token weight divides by.
         Returns stats reduced over ranks; ``policy_version`` is the new version."""
@@ -114,10 +114,9 @@ class GRPO:
         for _ in range(cfg.epochs_per_batch):
             sums, grad_norm = self._step(parts, weights, proximal, ref)
         stats = self._reduce(sums, batch)
-        stats.update(grad_norm=grad_norm, micro_batches=float(count),
-                     epochs=float(cfg.epochs_per_batch))
+        stats.update(grad_norm=grad_norm, micro_batches=count, epochs=cfg.epochs_per_batch)
         self.policy_version += 1
-        stats["policy_version"] = float(self.policy_version)
+        stats["policy_version"] = self.policy_version
         return stats
 
     def _step(self, parts: list[tuple[Batch, bool]], weights: list[torch.Tensor],
@@ -164,10 +163,10 @@ class GRPO:
         if _world_size() > 1:
             dist.all_reduce(vec, op=dist.ReduceOp.SUM)
             dist.all_reduce(top, op=dist.ReduceOp.MAX)
-        out = {k: float(v) for k, v in zip(keys, vec)}
+        out = {k: int(v) if k in counts else float(v) for k, v in zip(keys, vec)}
         n = out["trajectories"]
         out["staleness_mean"] = out.pop("staleness_sum") / n
-        out["staleness_max"] = float(top[0])
+        out["staleness_max"] = int(top[0])
         out["success_rate"] = out.pop("successes") / n
         return out
 

@@ -9,6 +9,8 @@ torch.distributed as msgpack wire records (no pickle).
 
 Sharding: every submodule whose class is listed in the model's ``_no_split_modules``
 (the transformers convention, e.g. the transformer blocks) is one FSDP unit, then the root.
+A single rank without bf16 is not wrapped at all (plain module, same optimiser and state
+dict calls): FSDP would only add overhead there.
 On GPU with ``learner.bf16`` parameters compute in bf16 and gradients reduce in fp32
 (``MixedPrecisionPolicy``). Gradients are *summed* over ranks (divide factor 1): the loss
 weights already divide by the trajectory count of the whole batch (learner/loss.py), so the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -68,6 +71,9 @@ def init_process_group(rank: int, world_size: int, init_method: str, cfg: Learne
 def shard_policy(policy: torch.nn.Module, mp_policy: MixedPrecisionPolicy | None = None
                  ) -> torch.nn.Module:
     """fully_shard the ``_no_split_modules`` blocks, then the root; gradients sum over ranks."""
+    # FSDP2 warns that a module returning a view could lose its pre-backward hook to an
+    # in-place op on that view; GRPO only applies out-of-place ops to policy outputs.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     kwargs = {"mp_policy": mp_policy} if mp_policy is not None else {}
     names = set(getattr(policy, "_no_split_modules", None) or ())
     for module in list(policy.modules()):
@@ -108,10 +114,14 @@ class Trainer:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         policy = policy.to(device)
-        mp = None
-        if learner_cfg.bf16 and device.type == "cuda":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        self.policy = shard_policy(policy, mp)
+        bf16 = learner_cfg.bf16 and device.type == "cuda"
+        # one rank without bf16 has nothing to shard or cast: FSDP would only add overhead
+        self.sharded = self.world_size > 1 or bf16
+        if self.sharded:
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+                if bf16 else None
+            policy = shard_policy(policy, mp)
+        self.policy = policy
         self.optimizer = make_optimizer(self.policy.parameters(), algo_cfg)
         if reference is not None:
             reference = reference.to(device).eval().requires_grad_(False)

@@ -72,16 +72,33 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def peak_flops(policy, device: torch.device) -> float | None:
+    """The device's dense bf16 peak when the model runs in bf16 on a known GPU, else None."""
+    if device.type != "cuda" or policy.dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+
+
+def forward_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (a forward pass), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def build_policy(cfg, device: torch.device):
-    if cfg.model.name != "openvla_oft":
-        raise SystemExit(f"pushcut bench policy measures model=openvla_oft (or openvla_oft_7b); "
-                         f"got model.name={cfg.model.name!r}")
-    from common.models.openvla_oft import OpenVLAOFTPolicy
-    return OpenVLAOFTPolicy.from_model_config(cfg.model, device=device)
+    """The configured policy on ``device``; OpenVLA-OFT is created there directly (7B)."""
+    if cfg.model.name == "openvla_oft":
+        from common.models.openvla_oft import OpenVLAOFTPolicy
+        return OpenVLAOFTPolicy.from_model_config(cfg.model, device=device)
+    from common.models import build_policy as build_registered
+    return build_registered(cfg.model).to(device)
 
 
 def bench_actor(policy, device: torch.device, cameras: int, size: int, budget_s: float) -> list[dict]:
-    rows = []
+    rows, peak = [], peak_flops(policy, device)
     policy.eval()
     for batch in BATCH_SIZES:
         obs = make_obs(batch, cameras, size)
@@ -91,18 +108,14 @@ def bench_actor(policy, device: torch.device, cameras: int, size: int, budget_s:
         inputs = policy.prepare_inputs(obs)
         with torch.no_grad():
             bare = timed(lambda: policy(**inputs), device, budget_s)
+        flops = forward_flops(lambda: policy(**inputs))
         rows.append({"batch": batch, "chunks_per_s": batch / per_call,
-                     "tokens_per_s": batch * policy.config.num_action_tokens / per_call,
+                     "tokens_per_s": batch * policy.chunk_size * policy.action_dim / per_call,
                      "limit_chunks_per_s": batch / bare, "ratio": bare / per_call,
+                     "achieved_tflops": flops / per_call / 1e12,
+                     "mfu": flops / per_call / peak if peak else None,
                      "peak_mem_gib": peak_memory_gib(device)})
     return rows
-
-
-def _flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def bench_learner(policy, device: torch.device, batch: int, cameras: int, size: int,
@@ -128,39 +141,43 @@ def bench_learner(policy, device: torch.device, batch: int, cameras: int, size: 
 
     _reset_peak(device)
     step_s = timed(step, device, budget_s)
-    flops = _flops(forward_backward)
-    policy.zero_grad(set_to_none=True)
+    # model FLOPs = 3 x forward (backward is twice the forward; recomputation not counted)
+    flops = 3 * forward_flops(lambda: policy.log_probs(obs, tokens, 1.6))
     bare_s = timed(lambda: (forward_backward(), policy.zero_grad(set_to_none=True)), device, budget_s)
-    seq_len = policy.prepare_inputs(obs)["input_ids"].shape[1] + \
-        cameras * policy.config.num_patches + policy.config.num_action_tokens + 1
-    peak = next((v for k, v in GPU_BF16_PEAK.items()
-                 if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
-    bf16 = policy.dtype == torch.bfloat16
+    seq_len = policy.sequence_length(obs) if hasattr(policy, "sequence_length") else None
+    peak = peak_flops(policy, device)
     return {"micro_batch": batch, "sequence_len": seq_len, "step_s": step_s,
-            "seq_tokens_per_s": batch * seq_len / step_s,
-            "action_tokens_per_s": batch * policy.config.num_action_tokens / step_s,
+            "seq_tokens_per_s": batch * seq_len / step_s if seq_len else None,
+            "action_tokens_per_s": batch * policy.chunk_size * policy.action_dim / step_s,
             "tflops_per_step": flops / 1e12, "achieved_tflops": flops / step_s / 1e12,
-            "mfu": flops / step_s / peak if (peak and bf16) else None,
+            "mfu": flops / step_s / peak if peak else None,
             "limit_step_s": bare_s, "ratio": bare_s / step_s,
             "peak_mem_gib": peak_memory_gib(device)}
+
+
+def _mfu(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _print(figures: dict) -> None:
     console = Console()
     actor = Table(title=f"actor: Policy.sample, {figures['model']} on {figures['actor_device']}")
-    for col in ("batch", "chunks/s", "tokens/s", "bare forward chunks/s", "ratio", "peak GiB"):
+    for col in ("batch", "chunks/s", "tokens/s", "limit chunks/s", "ratio", "TFLOP/s",
+                "MFU", "peak GiB"):
         actor.add_column(col, justify="right")
     for r in figures["actor"]:
         actor.add_row(str(r["batch"]), f"{r['chunks_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-                      f"{r['limit_chunks_per_s']:.1f}", f"{r['ratio']:.2f}", f"{r['peak_mem_gib']:.2f}")
+                      f"{r['limit_chunks_per_s']:.1f}", f"{r['ratio']:.2f}",
+                      f"{r['achieved_tflops']:.3f}", _mfu(r["mfu"]), f"{r['peak_mem_gib']:.2f}")
     console.print(actor)
     L = figures["learner"]
-    mfu = "n/a (no known peak)" if L["mfu"] is None else f"{100 * L['mfu']:.1f}%"
+    seq = "n/a" if L["seq_tokens_per_s"] is None else f"{L['seq_tokens_per_s']:.0f}"
     console.print(f"learner micro-batch {L['micro_batch']} × {L['sequence_len']} tokens on "
                   f"{figures['learner_device']}: {L['step_s']:.3f} s/step, "
-                  f"{L['seq_tokens_per_s']:.0f} seq tokens/s, {L['action_tokens_per_s']:.0f} "
-                  f"action tokens/s, {L['achieved_tflops']:.3f} TFLOP/s, MFU {mfu}, "
-                  f"vs forward+backward alone {L['ratio']:.2f}, peak {L['peak_mem_gib']:.2f} GiB")
+                  f"{seq} seq tokens/s, {L['action_tokens_per_s']:.0f} "
+                  f"action tokens/s, {L['achieved_tflops']:.3f} TFLOP/s, MFU {_mfu(L['mfu'])} "
+                  f"(bf16 on a known GPU only), vs forward+backward alone {L['ratio']:.2f}, "
+                  f"peak {L['peak_mem_gib']:.2f} GiB")
 
 
 def run(cfg) -> dict:
@@ -171,14 +188,20 @@ def run(cfg) -> dict:
     params = sum(p.numel() for p in policy.parameters())
     actor = bench_actor(policy, actor_device, cameras, cfg.env.image_size, budget)
     policy.to(learner_device)
-    learner = bench_learner(policy, learner_device, cfg.algo.micro_batch_size, cameras,
-                            cfg.env.image_size, cfg.algo.lr, budget)
-    device_name = (torch.cuda.get_device_name(learner_device) if learner_device.type == "cuda"
-                   else "cpu")
-    figures = {"model": f"openvla_oft/{cfg.model.preset} ({params / 1e6:.1f}M params, "
+    try:
+        learner = bench_learner(policy, learner_device, cfg.algo.micro_batch_size, cameras,
+                                cfg.env.image_size, cfg.algo.lr, budget)
+    except torch.OutOfMemoryError as exc:
+        raise SystemExit(f"bench policy: the learner micro-batch ({cfg.algo.micro_batch_size}) "
+                         f"does not fit one {learner_device} with AdamW states; lower "
+                         f"algo.micro_batch_size or shard with `pushcut learner "
+                         f"learner.world_size=N` ({exc})") from None
+    machine = (torch.cuda.get_device_name(learner_device) if learner_device.type == "cuda"
+               else "cpu")
+    figures = {"model": f"{cfg.model.name}/{cfg.model.preset} ({params / 1e6:.1f}M params, "
                         f"{cfg.model.dtype})", "params": params,
                "actor_device": str(actor_device), "learner_device": str(learner_device),
-               "machine": device_name, "threads": torch.get_num_threads(),
+               "machine": machine, "threads": torch.get_num_threads(),
                "actor": actor, "learner": learner}
     _print(figures)
     return figures

@@ -40,6 +40,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class OpenVLAOFTPolicy(PreTrainedModel):
+    """OpenVLA(-OFT) with parallel decoding of K action tokens; fills common.policy.Policy."""
+
     config_class = OpenVLAOFTConfig
     base_model_prefix = "openvla"
     main_input_name = "pixel_values"
@@ -124,12 +126,18 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         return {"pixel_values": pixels.unflatten(0, (len(obs), V)),
                 "input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
+    def sequence_length(self, obs: ObsBatch) -> int:
+        """Positions one forward pass runs for ``obs``: prompt + image patches + K + STOP."""
+        prompt = max(len(self.prompts.encode_one(text)) for text in obs.instructions)
+        cfg = self.config
+        return prompt + cfg.num_images_in_input * cfg.num_patches + cfg.num_action_tokens + 1
+
     # --- Policy methods --------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: ObsBatch, temperature: float,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (bins int64 [B, K], log-probs float32 [B, K]) on the CPU. T == 0: greedy."""
-        logits = self(**self.prepare_inputs(obs)).float()
+        logits = self.logits(obs)
         if temperature == 0:
             logp = F.log_softmax(logits, dim=-1)
             tokens = logp.argmax(dim=-1)
@@ -145,7 +153,7 @@ class OpenVLAOFTPolicy(PreTrainedModel):
 
     def log_probs(self, obs: ObsBatch, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
         """bins int64 [B, K] -> log-probs float32 [B, K] of softmax(logits / T), with grad."""
-        logits = self(**self.prepare_inputs(obs)).float()
+        logits = self.logits(obs)
         tokens = torch.as_tensor(tokens, device=logits.device).long()
         if tokens.shape != logits.shape[:2]:
             raise ValueError(f"tokens must be [B={logits.shape[0]}, K={logits.shape[1]}], "
@@ -153,18 +161,25 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         logp = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
-    def _stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return action_bins.action_stats(self.config.norm_stats, self.config.unnorm_key,
-                                        self.config.action_dim)
+    def logits(self, obs: ObsBatch) -> torch.Tensor:
+        """ObsBatch -> float32 action-bin logits [B, K, 256] (with grad if enabled)."""
+        return self(**self.prepare_inputs(obs)).float()
+
+    @property
+    def action_tokenizer(self) -> action_bins.OpenVLAActionTokenizer:
+        """Actions <-> bins with OpenVLA's rules and the active dataset statistics."""
+        stats = action_bins.action_stats(self.config.norm_stats, self.config.unnorm_key,
+                                         self.config.action_dim)
+        return action_bins.OpenVLAActionTokenizer(*stats)
 
     def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
         """bins int [B, K] -> env actions float32 [B, C, D], un-normalised with q01/q99."""
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.detach().cpu().numpy()
         tokens = np.asarray(tokens)
-        C, D = self.config.chunk_size, self.config.action_dim
-        if tokens.ndim != 2 or tokens.shape[1] != C * D:
-            raise ValueError(f"tokens must be [B, K={C * D}], got shape {tokens.shape}")
-        normed = action_bins.bins_to_normalized(tokens).reshape(-1, C, D)
-        return action_bins.unnormalize(normed, *self._stats())
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, K], got shape {tokens.shape}")
+        return self.action_tokenizer.decode_chunk(tokens, self.config.chunk_size)
 
     def actions_to_tokens(self, actions: np.ndarray) -> np.ndarray:
         """env actions float [B, C, D] -> bins int64 [B, K] (for supervised warm starts)."""
@@ -172,8 +187,7 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         if actions.ndim != 3 or actions.shape[1:] != (self.chunk_size, self.action_dim):
             raise ValueError(f"actions must be [B, {self.chunk_size}, {self.action_dim}], "
                              f"got {actions.shape}")
-        normed = action_bins.normalize(actions, *self._stats())
-        return action_bins.normalized_to_bins(normed).reshape(len(actions), -1)
+        return self.action_tokenizer.encode_chunk(actions)
 
     def set_action_stats(self, q01, q99, mask=None, dataset: str = "pushcut") -> None:
         """Make ``dataset``'s action q01/q99 (and un-normalised dims mask) the active statistics."""
@@ -182,7 +196,12 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         stats = dict(self.config.norm_stats or {})
         stats[dataset] = {"action": {"q01": q01, "q99": q99, "mask": mask}}
         self.config.norm_stats, self.config.unnorm_key = stats, dataset
-        self._stats()   # validates the dimensions now rather than at the first decode
+        self.action_tokenizer   # validates the dimensions now rather than at the first decode
+
+    def set_data_stats(self, tokenizer: Any, proprio_mean: Any = None, proprio_std: Any = None) -> None:
+        """pushcut's SFT hook: take the demonstrations' action statistics (an ActionTokenizer
+        or anything with q01, q99, normalize_mask). OpenVLA-OFT here has no proprio input."""
+        self.set_action_stats(tokenizer.q01, tokenizer.q99, tokenizer.normalize_mask)
 
     # --- construction and checkpoints ------------------------------------------------------
     @classmethod
@@ -199,14 +218,25 @@ class OpenVLAOFTPolicy(PreTrainedModel):
             torch.set_default_dtype(default)
 
     @classmethod
-    def from_model_config(cls, model_cfg: Any, device: str | torch.device = "cpu"
-                          ) -> "OpenVLAOFTPolicy":
-        """Build from pushcut's ModelConfig: its checkpoint if set, else a random ``preset``."""
+    def from_model_config(cls, model_cfg: Any, action_stats: dict[str, Any] | None = None,
+                          device: str | torch.device = "cpu") -> "OpenVLAOFTPolicy":
+        """Build from pushcut's ModelConfig: its checkpoint if set, else a random ``preset``.
+
+        ``action_stats``: demonstrations' ``{"q01", "q99", "normalize_mask"?}``
+        (common.tokenizer.ActionTokenizer.to_dict()), made the active statistics.
+        """
         if model_cfg.num_bins != 256:
             raise ValueError(f"openvla_oft uses OpenVLA's 256 action bins, got num_bins="
                              f"{model_cfg.num_bins}")
+        kwargs = dict(model_cfg.kwargs)
+        # kwargs pushcut's SFT sets for every model: views are cameras here; image size and
+        # proprio do not apply (images are resized, OpenVLA-OFT here takes no proprio)
+        if "num_views" in kwargs:
+            kwargs["num_images_in_input"] = kwargs.pop("num_views")
+        for unused in ("image_size", "proprio_dim"):
+            kwargs.pop(unused, None)
         overrides = dict(chunk_size=model_cfg.chunk_size, action_dim=model_cfg.action_dim,
-                         **dict(model_cfg.kwargs))
+                         **kwargs)
         dtype = DTYPES.get(model_cfg.dtype)
         if dtype is None:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
@@ -215,6 +245,9 @@ class OpenVLAOFTPolicy(PreTrainedModel):
                                          **overrides)
         else:
             policy = cls.build(preset_config(model_cfg.preset, **overrides), dtype, device)
+        if action_stats is not None:
+            policy.set_action_stats(action_stats["q01"], action_stats["q99"],
+                                    action_stats.get("normalize_mask"))
         if model_cfg.gradient_checkpointing:
             policy.activation_checkpointing_enable()
         return policy

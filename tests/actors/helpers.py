@@ -55,11 +55,15 @@ class StoreProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "StoreProcess":
-        self.proc = pushcut("store", f"store.path={self.path}",
-                            f"store.ingest_address={self.address}", "store.log_every_s=2",
-                            stdout=subprocess.DEVNULL)
-        wait_for(lambda: (Path(self.path) / "data.mdb").exists() or self.proc.poll() is not None,
-                 what="the store to open its LMDB")
+        """Start and wait until the ingest socket is bound (the store logs it)."""
+        self.starts = getattr(self, "starts", 0) + 1
+        log = Path(f"{self.path}.{self.starts}.log")
+        with open(log, "w") as f:
+            self.proc = pushcut("store", f"store.path={self.path}",
+                                f"store.ingest_address={self.address}", "store.log_every_s=2",
+                                stdout=f, stderr=subprocess.STDOUT)   # rich logs to stdout
+        wait_for(lambda: "store ingest on" in log.read_text() or self.proc.poll() is not None,
+                 120, "the store to bind its ingest socket", every_s=0.2)
         assert self.proc.poll() is None, f"store exited with {self.proc.returncode}"
         return self
 
@@ -79,6 +83,13 @@ class StoreProcess:
         """Every complete group in the store: group_id -> its trajectories."""
         with TrajectoryStore(self.path, readonly=True) as store:
             return {g.group_id: store.read_group(g.group_id) for g in store.complete_groups()}
+
+    def by_actor(self) -> dict[str, int]:
+        """actor_id -> complete groups."""
+        out: dict[str, int] = {}
+        for group in self.groups().values():
+            out[group[0].actor_id] = out.get(group[0].actor_id, 0) + 1
+        return out
 
     def stats(self) -> dict:
         with TrajectoryStore(self.path, readonly=True) as store:

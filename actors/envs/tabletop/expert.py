@@ -64,6 +64,10 @@ def _obstacles(sim: Sim, obj: str) -> list[tuple[np.ndarray, float]]:
 
 
 class Expert:
+    """One env's scripted expert. ``phase`` (approach, descend, grasp, lift, hold, carry,
+    lower, release, retreat) and ``goal_index`` show where it is; a reset env (steps == 0)
+    restarts it, so one Expert serves many episodes."""
+
     def __init__(self, env: TabletopEnv, noise: float = 0.0,
                  seed: int | np.random.SeedSequence = 0):
         if noise < 0:

@@ -99,3 +99,43 @@ def normalize(actions: np.ndarray, q01: np.ndarray, q99: np.ndarray,
     a = np.asarray(actions, dtype=np.float64)
     span = np.where(q99 > q01, q99 - q01, 1.0)   # a constant dim maps to -1, not NaN
     return np.clip(np.where(mask, 2.0 * (a - q01) / span - 1.0, a), -1.0, 1.0)
+
+
+class OpenVLAActionTokenizer:
+    """OpenVLA's rules behind the interface of common.tokenizer.ActionTokenizer (encode,
+    decode, encode_chunk, decode_chunk, to_dict), so pushcut's SFT code tokenises
+    demonstrations for OpenVLA-OFT exactly as OpenVLA does. q01, q99, mask: [D]."""
+
+    def __init__(self, q01: np.ndarray, q99: np.ndarray, mask: np.ndarray):
+        self.q01, self.q99 = np.asarray(q01, np.float64), np.asarray(q99, np.float64)
+        self.normalize_mask = np.asarray(mask, bool)
+        self.num_bins = NUM_BINS
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.q01.size)
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """float [..., D] env actions -> int64 bins [..., D]."""
+        return normalized_to_bins(normalize(actions, self.q01, self.q99, self.normalize_mask))
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """int [..., D] bins -> float32 env actions [..., D] at OpenVLA's bin centres."""
+        return unnormalize(bins_to_normalized(bins), self.q01, self.q99, self.normalize_mask)
+
+    def encode_chunk(self, actions: np.ndarray) -> np.ndarray:
+        """float [..., C, D] -> int64 tokens [..., C·D] (C-major)."""
+        bins = self.encode(actions)
+        return bins.reshape(*bins.shape[:-2], -1)
+
+    def decode_chunk(self, tokens: np.ndarray, chunk_size: int) -> np.ndarray:
+        """int [..., C·D] -> float32 [..., C, D]."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim < 1 or tokens.shape[-1] != chunk_size * self.action_dim:
+            raise ValueError(f"tokens must be [..., K={chunk_size * self.action_dim}], "
+                             f"got shape {tokens.shape}")
+        return self.decode(tokens.reshape(*tokens.shape[:-1], chunk_size, self.action_dim))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"q01": self.q01.tolist(), "q99": self.q99.tolist(), "num_bins": self.num_bins,
+                "normalize_mask": self.normalize_mask.tolist()}

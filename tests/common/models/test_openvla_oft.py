@@ -83,6 +83,10 @@ def test_policy_decodes_tokens_with_checkpoint_statistics(policy):
         assert actions[1, 7, 6] == pytest.approx(1 - 1 / 255)
         back = policy.actions_to_tokens(actions)
         assert np.abs(back - np.minimum(tokens, 254)).max() <= 1
+        # pushcut's SFT path: demo statistics from common.tokenizer, tokens by OpenVLA's rules
+        from common.tokenizer import ActionTokenizer
+        policy.set_data_stats(ActionTokenizer(q01, q99, normalize_mask=[True] * 6 + [False]))
+        np.testing.assert_array_equal(policy.action_tokenizer.encode_chunk(actions), back)
         with pytest.raises(ValueError, match="K=56"):
             policy.tokens_to_actions(np.zeros((2, 55), np.int64))
     finally:
@@ -133,7 +137,7 @@ def test_sample_and_log_probs(policy):
     again, _ = policy.sample(obs, 1.6, torch.Generator().manual_seed(7))
     assert torch.equal(tokens, again)
     with torch.no_grad():
-        logits = policy(**policy.prepare_inputs(obs)).float()
+        logits = policy.logits(obs)
     want = F.log_softmax(logits / 1.6, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logp, want)
     greedy, greedy_lp = policy.sample(obs, 0.0)
@@ -180,8 +184,12 @@ def test_one_learner_step_raises_the_sampled_log_probs():
 def test_from_model_config_presets_and_dtype():
     model = OpenVLAOFTPolicy.from_model_config(
         ModelConfig(name="openvla_oft", preset="tiny", dtype="bfloat16", chunk_size=4,
-                    action_dim=3, kwargs={"attention_mode": "bidirectional"}))
+                    action_dim=3, kwargs={"attention_mode": "bidirectional"}),
+        action_stats={"q01": [0.0, 0.0, -1.0], "q99": [2.0, 4.0, 1.0], "num_bins": 256,
+                      "normalize_mask": [True, True, False]})
     assert model.dtype == torch.bfloat16 and model.config.num_action_tokens == 12
+    assert model.tokens_to_actions(np.full((1, 12), 127))[0, 0].tolist() == pytest.approx(
+        [1.0, 2.0, 0.0], abs=1e-6)                       # centre of bin 127 is 0.0
     tokens, logp = model.sample(make_obs(2), 1.6)
     assert tokens.shape == (2, 12) and logp.dtype == torch.float32
     assert model.tokens_to_actions(tokens.numpy()).shape == (2, 4, 3)
@@ -284,46 +292,31 @@ def test_published_checkpoint_directory_loads_and_reproduces_outputs(policy, tmp
         OpenVLAOFTPolicy.from_pretrained(str(tmp_path))
 
 
-def _sharded_worker(rank: int, world: int, init_file: str, results) -> None:
+
+def test_runs_under_fsdp2(tmp_path):
+    """FSDP2 swaps parameters for sharded DTensors outside forward hooks, so sample and
+    log_probs only work if every parameter is used inside the model's forward. One gloo
+    rank in this process keeps the test fast; the sharding path is the same."""
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this test process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
     try:
         torch.manual_seed(0)
         model = OpenVLAOFTPolicy(preset_config("tiny"))
-        obs = make_obs(2, seed=rank)
+        obs = make_obs(2)
         tokens, unsharded = model.sample(obs, 1.0, torch.Generator().manual_seed(0))
         for unit in model.fsdp_units():
             fully_shard(unit)
         fully_shard(model)
+        assert type(model.language_model.lm_head.weight).__name__ == "DTensor"
         logp = model.log_probs(obs, tokens, 1.0)
+        torch.testing.assert_close(logp.detach(), unsharded, atol=1e-5, rtol=1e-5)
         logp.mean().backward()
-        grads = all(p.grad is not None for p in model.parameters())
+        assert all(p.grad is not None for p in model.parameters())
         again, _ = model.sample(obs, 1.0, torch.Generator().manual_seed(0))
-        results.put((rank, (logp.detach() - unsharded).abs().max().item(), grads,
-                     torch.equal(again, tokens)))
+        assert torch.equal(again, tokens)
     finally:
         dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_runs_under_fsdp2_on_two_gloo_ranks(tmp_path):
-    """FSDP2 unshards parameters in forward hooks: sample/log_probs must go through forward."""
-    import torch.multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_sharded_worker, args=(rank, 2, str(tmp_path / "init"), results))
-             for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        outcomes = sorted(results.get(timeout=240) for _ in procs)
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
-    for rank, error, grads, same_tokens in outcomes:
-        assert error < 1e-5 and grads and same_tokens, (rank, error, grads, same_tokens)

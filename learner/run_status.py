@@ -1,0 +1,135 @@
+"""The live status of ``pushcut run`` (learner/run_local.py): what the run is doing, from
+the files and processes it already has.
+
+In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
+read-only in this process once it exists) and the children's liveness. Out: a rich table
+(version, env steps/s, learner steps/s, success rate, staleness, queue depth, filter drops,
+actors) for ``rich.live.Live``, a one-line form for logs that are not a terminal, and the
+same figures as a dict for ``<run_dir>/run.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+class LearnerLog:
+    """Tail of ``learner.jsonl``: the newest start/update records."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+        self._partial = ""
+        self.last_update: dict[str, Any] | None = None
+        self.last_start: dict[str, Any] | None = None
+        self.updates = 0
+
+    def refresh(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self._offset)
+            chunk = f.read()
+            self._offset = f.tell()
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()          # an incomplete last line waits for its end
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == "update":
+                self.last_update = record
+                self.updates += 1
+            elif record.get("event") == "start":
+                self.last_start = record
+
+
+class StatusBoard:
+    """Collects the figures of one status refresh."""
+
+    def __init__(self, run_dir: Path, store_path: Path, mode: str):
+        self.learner_log = LearnerLog(run_dir / "learner.jsonl")
+        self.store_path = store_path
+        self.mode = mode
+        self.started = time.monotonic()
+        self._store = None
+
+    def _store_stats(self) -> dict[str, Any] | None:
+        if self._store is None:
+            if not (self.store_path / "data.mdb").exists():
+                return None
+            from learner.store import TrajectoryStore
+            self._store = TrajectoryStore(str(self.store_path), readonly=True)
+        try:
+            return self._store.stats()
+        except Exception:   # the store is being resized or restarted: next refresh
+            return None
+
+    def figures(self, children: dict[str, bool]) -> dict[str, Any]:
+        self.learner_log.refresh()
+        u = self.learner_log.last_update or {}
+        start = self.learner_log.last_start or {}
+        store = self._store_stats() or {}
+        drops = {k[len("dropped_"):]: v for k, v in u.items() if k.startswith("dropped_")}
+        return {
+            "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
+            "policy_version": u.get("policy_version", start.get("policy_version")),
+            "env_steps_per_s": u.get("env_steps_per_s"),
+            "learner_steps_per_s": u.get("learner_steps_per_s"),
+            "success_rate": u.get("success_rate"), "staleness_mean": u.get("staleness_mean"),
+            "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
+            "queue_groups": store.get("complete_groups"),
+            "store_trajectories": store.get("trajectories"), "kept": u.get("kept"),
+            "dropped": drops, "actors_live": u.get("actors_live"),
+            "children": {name: ("running" if alive else "exited")
+                         for name, alive in children.items()},
+        }
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def render(f: dict[str, Any]) -> Table:
+    table = Table(title=f"pushcut run ({f['mode']}, {f['elapsed_s']:.0f}s)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
+    rows = [
+        ("policy_version", _fmt(f["policy_version"])),
+        ("env steps/s", _fmt(f["env_steps_per_s"], ".0f") +
+         ("" if f["actors_live"] else "  (needs actor heartbeats)")),
+        ("learner steps/s", _fmt(f["learner_steps_per_s"], ".3f")),
+        ("success rate (last batch)", _fmt(f["success_rate"], ".2f")),
+        ("staleness mean / max", f"{_fmt(f['staleness_mean'], '.2f')} / "
+                                 f"{_fmt(f['staleness_max'])}"),
+        ("queue (complete groups)", _fmt(f["queue_groups"])),
+        ("filter kept / dropped", f"{_fmt(f['kept'])} / {drops}"),
+        ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+def one_line(f: dict[str, Any]) -> str:
+    drops = ",".join(f"{k}={v}" for k, v in sorted(f["dropped"].items())) or "0"
+    running = sum(v == "running" for v in f["children"].values())
+    return (f"[{f['elapsed_s']:.0f}s] v{_fmt(f['policy_version'])} | env "
+            f"{_fmt(f['env_steps_per_s'], '.0f')} steps/s | learner "
+            f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | success "
+            f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
+            f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
+            f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes")
