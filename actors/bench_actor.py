@@ -120,7 +120,21 @@ def make_actor(cfg, workers: list) -> Actor:
                  generator=torch.Generator(device=cfg.actor.device).manual_seed(cfg.seed))
 
 
+def warm_up(workers: list) -> None:
+    """Reset every worker into one task of every family, so that no simulator or renderer
+    is built during either timed phase (they are built lazily, once per family)."""
+    seen: dict[str, str] = {}
+    for spec in workers[0].tasks():
+        seen.setdefault(spec.family, spec.task_id)
+    for task_id in seen.values():
+        for w in workers:
+            w.start_reset(task_id, 0)
+        for w in workers:
+            w.result()
+
+
 def measure(cfg, workers: list, address: str, console: Console) -> dict:
+    warm_up(workers)
     actor = make_actor(cfg, workers)
     with TrajectorySender(address, max_in_flight=cfg.actor.max_in_flight,
                           resend_after_s=cfg.actor.resend_after_s) as sender:

@@ -1,13 +1,14 @@
 """``pushcut bench ingest``: trajectory ingest throughput against raw durable LMDB writes.
 
 In: ``cfg.bench`` (producers, seconds, decisions, cameras, image_size, ingest_in_flight,
-ingest_store_mb) and ``cfg.store`` (max_batch, map_size_mb). Out: printed figures and the
-dict returned by :func:`run`:
+ingest_store_mb) and ``cfg.store`` (max_batch, max_batch_mb, map_size_mb). Out: printed
+figures and the dict returned by :func:`run`:
 
 1. *raw limit*: this process writes the same payloads straight into a fresh LMDB
    environment with durable commits (``sync=True``, the store's settings), one trajectory
-   per transaction and ``store.max_batch`` per transaction, ``seconds / 4`` each, before
-   and again after the ingest (the mean of the two is reported: a shared disk drifts);
+   per transaction and as many per transaction as the store batches them (``max_batch``,
+   closed early at ``max_batch_mb``), ``seconds / 4`` each, before and again after the
+   ingest (the mean is reported: a shared disk drifts);
 2. *ingest*: a ``StoreService`` in its own process and ``producers`` processes, each
    streaming through a :class:`TrajectorySender` (``ingest_in_flight`` unacknowledged at
    most) for ``seconds``: MB/s, trajectories/s, p50/p99 acknowledgement latency, and the
@@ -24,6 +25,7 @@ directory (set ``TMPDIR`` to measure another disk).
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import shutil
 import tempfile
@@ -197,7 +199,10 @@ def run(cfg: PushcutConfig) -> dict:
                   f"{b.cameras} cameras {b.image_size}x{b.image_size}), {b.seconds:.0f}s, "
                   f"store capacity {capacity} trajectories")
     root = Path(tempfile.mkdtemp(prefix="pushcut-bench-ingest-"))
-    batches = sorted({1, cfg.store.max_batch})
+    # the store's batch for these payloads (IngestServer closes a batch at max_batch_mb)
+    store_batch = min(cfg.store.max_batch, max(1, math.ceil((cfg.store.max_batch_mb << 20)
+                                                            / stamper.size)))
+    batches = sorted({1, store_batch})
 
     def raw_phase(when: str) -> dict[int, dict]:
         return {per: measure_raw(root / f"raw{per}-{when}", stamper, b.seconds / 4, per,

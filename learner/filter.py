@@ -14,8 +14,11 @@ Rules (DESIGN.md "Dynamic sampling"):
 * ``success_low`` / ``success_high``: the group's success rate is below
   ``algo.success_lo`` or above ``algo.success_hi`` (all-fail or all-succeed groups have
   zero advantage everywhere: no learning signal, only noise in the token mean).
-* Task balance: the kept groups are taken round-robin over tasks, each task oldest first,
-  tasks in the order of their oldest waiting group; the rest wait for the next batch.
+* Task balance: the kept groups are taken round-robin over tasks, each task's freshest
+  first (newest policy_version, then newest), tasks in the order of their freshest group;
+  the rest wait for the next batch. Freshest first keeps staleness low when actors
+  produce faster than the learner consumes (then some data must go stale anyway); when
+  they do not, every group is used before it goes stale whichever the order.
 
 Dropped groups are marked consumed with their reason at once (so they are never re-read);
 the groups of a batch are marked ``trained`` by the learner after its update
@@ -48,11 +51,16 @@ def drop_reason(info: "GroupInfo", policy_version: int, cfg: AlgoConfig) -> str 
     return None
 
 
+def freshness(info: "GroupInfo") -> tuple:
+    """Sort key, freshest first: newest policy_version, then newest created_at."""
+    return (-min(info.policy_versions), -info.created_at, info.group_id)
+
+
 def balance_tasks(infos: list["GroupInfo"], limit: int) -> list["GroupInfo"]:
-    """Round-robin over tasks (each task's groups oldest first; tasks ordered by their oldest
-    group) -> at most ``limit`` groups."""
+    """Round-robin over tasks (each task's groups freshest first; tasks ordered by their
+    freshest group) -> at most ``limit`` groups."""
     by_task: OrderedDict[str, list] = OrderedDict()
-    for info in sorted(infos, key=lambda g: (g.created_at, g.group_id)):
+    for info in sorted(infos, key=freshness):
         by_task.setdefault(info.task_id, []).append(info)
     queues = list(by_task.values())
     chosen: list = []

@@ -24,6 +24,7 @@ import dataclasses
 import json
 from contextlib import nullcontext
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -108,9 +109,11 @@ class Child:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Child":
+        # wide rich output: one log line per record, which the status board parses
+        env = {**os.environ, "COLUMNS": "240", "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env=env)
         return self
 
     @property
@@ -226,7 +229,7 @@ def supervise(children: list[Child], board: StatusBoard, run_dir: Path, stop: th
                 live.update(render(figures))
             elif time.monotonic() >= next_plain:
                 next_plain = time.monotonic() + PLAIN_STATUS_EVERY_S
-                console.print(one_line(figures))
+                console.print(one_line(figures), soft_wrap=True)
             if not learner.alive:
                 reason = "learner finished" if learner.proc.returncode == 0 else "learner failed"
                 break
@@ -260,7 +263,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         return 1
     console.print(f"[bold]pushcut run[/]: {cfg.mode} mode, {cfg.num_actors} actor(s), policy "
                   f"{checkpoint}, logs in {log_dir}")
-    board = StatusBoard(run_dir, run_dir / "store", cfg.mode)
+    board = StatusBoard(run_dir, run_dir / "store", cfg.mode,
+                        [log_dir / f"actor-{i}.log" for i in range(cfg.num_actors)])
     children: list[Child] = []
     try:
         children = start_children(cfg, run_dir, log_dir, checkpoint)
@@ -269,7 +273,7 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         exits = stop_children(children)
         figures = board.figures({c.name: False for c in children})
         board.close()
-    console.print(one_line(figures))
+    console.print(one_line(figures), soft_wrap=True)
     learner_ok = exits.get("learner") == 0
     if not learner_ok:
         learner = next((c for c in children if c.role == "learner"), None)

@@ -2,7 +2,8 @@
 the files and processes it already has.
 
 In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
-read-only in this process once it exists) and the children's liveness. Out: a rich table
+read-only in this process once it exists), the children's liveness, and the actors' log
+lines for env steps/s when no actor heartbeats reach the learner. Out: a rich table
 (version, env steps/s, learner steps/s, success rate, staleness, queue depth, filter drops,
 actors) for ``rich.live.Live``, a one-line form for logs that are not a terminal, and the
 same figures as a dict for ``<run_dir>/run.jsonl``.
@@ -10,6 +11,7 @@ same figures as a dict for ``<run_dir>/run.jsonl``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,33 @@ class LearnerLog:
                 self.last_start = record
 
 
+# an actor's progress line (actors/actor_process.py): "<actor_id> v<version> | <n> env steps/s"
+ACTOR_LINE = re.compile(rb"(\S+) v(\d+) \| (\d+) env steps/s")
+
+
+def actor_rates(log_paths: list[Path], tail_bytes: int = 8192) -> tuple[float, list[int]] | None:
+    """Sum of the newest env steps/s each actor logged, and their versions; None if no actor
+    has logged one yet. Used when actors send no heartbeats to the learner."""
+    total, versions = 0.0, []
+    for path in log_paths:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - tail_bytes))
+                found = ACTOR_LINE.findall(f.read())
+        except OSError:
+            continue
+        if found:
+            total += float(found[-1][2])
+            versions.append(int(found[-1][1]))
+    return (total, versions) if versions else None
+
+
 class StatusBoard:
     """Collects the figures of one status refresh."""
 
-    def __init__(self, run_dir: Path, store_path: Path, mode: str):
+    def __init__(self, run_dir: Path, store_path: Path, mode: str,
+                 actor_logs: list[Path] | None = None):
+        self.actor_logs = actor_logs or []
         self.learner_log = LearnerLog(run_dir / "learner.jsonl")
         self.store_path = store_path
         self.mode = mode
@@ -76,10 +101,15 @@ class StatusBoard:
         start = self.learner_log.last_start or {}
         store = self._store_stats() or {}
         drops = {k[len("dropped_"):]: v for k, v in u.items() if k.startswith("dropped_")}
+        env_rate, actor_versions = u.get("env_steps_per_s"), None
+        if not u.get("actors_live"):          # no heartbeats: the actors' own log lines
+            logged = actor_rates(self.actor_logs)
+            if logged is not None:
+                env_rate, actor_versions = logged
         return {
             "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
             "policy_version": u.get("policy_version", start.get("policy_version")),
-            "env_steps_per_s": u.get("env_steps_per_s"),
+            "env_steps_per_s": env_rate, "actor_versions": actor_versions,
             "learner_steps_per_s": u.get("learner_steps_per_s"),
             "success_rate": u.get("success_rate"), "staleness_mean": u.get("staleness_mean"),
             "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
@@ -109,8 +139,8 @@ def render(f: dict[str, Any]) -> Table:
     drops = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
     rows = [
         ("policy_version", _fmt(f["policy_version"])),
-        ("env steps/s", _fmt(f["env_steps_per_s"], ".0f") +
-         ("" if f["actors_live"] else "  (needs actor heartbeats)")),
+        ("env steps/s (all actors)", _fmt(f["env_steps_per_s"], ".0f")),
+        ("actor versions", _fmt(f["actor_versions"])),
         ("learner steps/s", _fmt(f["learner_steps_per_s"], ".3f")),
         ("success rate (last batch)", _fmt(f["success_rate"], ".2f")),
         ("staleness mean / max", f"{_fmt(f['staleness_mean'], '.2f')} / "

@@ -1,7 +1,8 @@
 """``pushcut sft``: the supervised warm start of a policy on expert demonstrations.
 
 In: a demonstration dataset (``sft.demos``, from ``pushcut demos``; at most
-``sft.demos_per_task`` records of each task), the model config (``model.*``; sizes, or a
+``sft.demos_per_task`` records of each task; only the tasks in ``env.tasks`` when that is
+set), the model config (``model.*``; sizes, or a
 ``model.checkpoint`` to continue from). The action tokenizer's percentiles and the proprio
 statistics are fitted on the demos and stored in the model's config.
 
@@ -121,7 +122,10 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     out = Path(sft.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    examples = examples_from_trajectories(read_dataset(sft.demos, per_task=sft.demos_per_task))
+    wanted = set(cfg.env.tasks)   # empty: every task of the dataset
+    examples = examples_from_trajectories(
+        t for t in read_dataset(sft.demos, per_task=sft.demos_per_task)
+        if not wanted or t.task_id in wanted)
     tasks = sorted(set(examples.task_ids))
     console.print(f"sft: {len(examples)} decisions from {sft.demos} ({len(tasks)} tasks, "
                   f"{examples.skipped} unsuccessful demos skipped)")

@@ -92,7 +92,9 @@ class StoreService:
         try:
             server = IngestServer(self.cfg.ingest_address, self._store.commit,
                                   max_message_bytes=self.cfg.max_message_mb << 20,
-                                  max_batch=self.cfg.max_batch, curve=self._curve())
+                                  max_batch=self.cfg.max_batch,
+                                  max_batch_bytes=self.cfg.max_batch_mb << 20,
+                                  curve=self._curve())
         except BaseException:
             self._close_store()
             raise

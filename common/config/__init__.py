@@ -19,7 +19,19 @@ from common.config.schema import (
     BenchConfig,
     DeployConfig,
 )
-from common.config.loading import load_config, register_configs
+
+
+def load_config(*args, **kwargs):
+    """See :func:`common.config.loading.load_config` (imported lazily: Hydra costs ~1.5 s
+    at import, and spawned workers that only need the dataclasses should not pay it)."""
+    from common.config.loading import load_config as _load
+    return _load(*args, **kwargs)
+
+
+def register_configs() -> None:
+    from common.config.loading import register_configs as _register
+    _register()
+
 
 __all__ = [
     "ActorConfig", "AlgoConfig", "EnvConfig", "LearnerConfig", "ModelConfig", "PushcutConfig",

@@ -72,6 +72,7 @@ class StoreConfig:
     map_size_mb: int = 256            # initial LMDB map; grows on MapFullError
     max_message_mb: int = 64
     max_batch: int = 16               # received messages committed in one LMDB transaction
+    max_batch_mb: int = 4             # ... and about this many MB (big transactions are slower)
     log_every_s: float = 5.0
     curve_secret_key: Optional[str] = None     # path to this server's secret key file
     curve_authorized_dir: Optional[str] = None # directory of accepted client public keys

@@ -48,7 +48,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, budget_s: float, min_calls: int = 2) -> float:
+def timed(fn: Callable[[], Any], device: torch.device, budget_s: float,
+          min_calls: int = 2) -> float:
     """Seconds per call of ``fn`` after one warm-up call, over >= min_calls within budget_s."""
     fn()
     _sync(device)
@@ -97,7 +98,8 @@ def build_policy(cfg, device: torch.device):
     return build_registered(cfg.model).to(device)
 
 
-def bench_actor(policy, device: torch.device, cameras: int, size: int, budget_s: float) -> list[dict]:
+def bench_actor(policy, device: torch.device, cameras: int, size: int,
+                budget_s: float) -> list[dict]:
     rows, peak = [], peak_flops(policy, device)
     policy.eval()
     for batch in BATCH_SIZES:
@@ -143,7 +145,8 @@ def bench_learner(policy, device: torch.device, batch: int, cameras: int, size: 
     step_s = timed(step, device, budget_s)
     # model FLOPs = 3 x forward (backward is twice the forward; recomputation not counted)
     flops = 3 * forward_flops(lambda: policy.log_probs(obs, tokens, 1.6))
-    bare_s = timed(lambda: (forward_backward(), policy.zero_grad(set_to_none=True)), device, budget_s)
+    bare_s = timed(lambda: (forward_backward(), policy.zero_grad(set_to_none=True)),
+                   device, budget_s)
     seq_len = policy.sequence_length(obs) if hasattr(policy, "sequence_length") else None
     peak = peak_flops(policy, device)
     return {"micro_batch": batch, "sequence_len": seq_len, "step_s": step_s,

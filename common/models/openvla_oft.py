@@ -198,7 +198,8 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         self.config.norm_stats, self.config.unnorm_key = stats, dataset
         self.action_tokenizer   # validates the dimensions now rather than at the first decode
 
-    def set_data_stats(self, tokenizer: Any, proprio_mean: Any = None, proprio_std: Any = None) -> None:
+    def set_data_stats(self, tokenizer: Any, proprio_mean: Any = None,
+                       proprio_std: Any = None) -> None:
         """pushcut's SFT hook: take the demonstrations' action statistics (an ActionTokenizer
         or anything with q01, q99, normalize_mask). OpenVLA-OFT here has no proprio input."""
         self.set_action_stats(tokenizer.q01, tokenizer.q99, tokenizer.normalize_mask)
@@ -239,7 +240,8 @@ class OpenVLAOFTPolicy(PreTrainedModel):
                          **kwargs)
         dtype = DTYPES.get(model_cfg.dtype)
         if dtype is None:
-            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, "
+                             f"got {model_cfg.dtype!r}")
         if model_cfg.checkpoint:
             policy = cls.from_pretrained(model_cfg.checkpoint, dtype=dtype, device=device,
                                          **overrides)

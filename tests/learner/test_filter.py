@@ -59,26 +59,28 @@ def test_keeps_mixed_fresh_groups_and_drops_the_rest_with_reasons(store):
 
 def test_waits_for_a_full_batch_without_consuming(store):
     rng = np.random.default_rng(1)
-    first = put_group(store, rng, [True, False])
+    first = put_group(store, rng, [True, False], created_at=1)
     flt = DynamicSamplingFilter(store, CFG)
     assert flt.poll(policy_version=10) is None          # needs groups_per_batch = 3
     assert not store.is_consumed(first)
-    put_group(store, rng, [True, False])
-    put_group(store, rng, [False, True])
-    put_group(store, rng, [False, True])
+    for t in (2, 3, 4):
+        put_group(store, rng, [True, False], created_at=t)
     sel = flt.poll(policy_version=10)
-    assert len(sel.groups) == 3 and sel.group_ids[0] == first     # oldest first
+    assert len(sel.groups) == 3 and first not in sel.group_ids    # freshest first
+    flt.mark_trained(sel)
+    assert flt.poll(policy_version=10) is None and not store.is_consumed(first)
 
 
-def test_balances_tasks_round_robin(store):
+def test_balances_tasks_round_robin_freshest_first(store):
     rng = np.random.default_rng(2)
-    a = [put_group(store, rng, [True, False], task="spatial/0", created_at=t) for t in (1, 2, 3)]
-    b = put_group(store, rng, [True, False], task="goal/1", created_at=4)
-    c = put_group(store, rng, [True, False], task="long/2", created_at=5)
+    a = [put_group(store, rng, [True, False], task="spatial/0", created_at=t) for t in (3, 4, 5)]
+    b = put_group(store, rng, [True, False], task="goal/1", created_at=2)
+    c = put_group(store, rng, [True, False], task="long/2", created_at=1)
+    old = put_group(store, rng, [True, False], task="long/2", created_at=9, version=8)
     sel = DynamicSamplingFilter(store, CFG).poll(policy_version=10)
-    assert sel.group_ids == [a[0], b, c]
-    sel = DynamicSamplingFilter(store, AlgoConfig(groups_per_batch=4)).poll(policy_version=10)
-    assert sel.group_ids == [a[0], b, c, a[1]]
+    assert sel.group_ids == [a[2], b, c]
+    sel = DynamicSamplingFilter(store, AlgoConfig(groups_per_batch=5)).poll(policy_version=10)
+    assert sel.group_ids == [a[2], b, c, a[1], old]
 
 
 def info(gid, task, t, successes=(True, False), versions=(3, 3)):
@@ -92,7 +94,7 @@ def test_select_groups_pure():
              info("old", "b", 0, versions=(3, 0)), info("win", "c", 0, successes=(True, True))]
     chosen, dropped = select_groups(infos, policy_version=4, cfg=AlgoConfig(max_staleness=3),
                                     limit=2)
-    assert [g.group_id for g in chosen] == ["a1", "b1"]
+    assert [g.group_id for g in chosen] == ["b1", "a2"]
     assert dropped == {"old": "stale", "win": "success_high"}
     assert balance_tasks([], 3) == []
-    assert [g.group_id for g in balance_tasks(infos[:3], 10)] == ["a1", "b1", "a2"]
+    assert [g.group_id for g in balance_tasks(infos[:3], 10)] == ["b1", "a2", "a1"]

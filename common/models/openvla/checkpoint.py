@@ -56,8 +56,10 @@ _SIGLIP_NAMES = [
 ]
 _QKV = {"dinov2": ("blocks.{i}.attn.qkv.{p}", "encoder.layer.{i}.attention.{x}_proj.{p}"),
         "siglip": ("blocks.{i}.attn.qkv.{p}", "encoder.layers.{i}.self_attn.{x}_proj.{p}")}
-_POS = {"dinov2": "embeddings.position_embeddings", "siglip": "embeddings.position_embedding.weight"}
-_GROUPS = {"i": r"(?P<i>\d+)", "n": r"(?P<n>[12])", "p": r"(?P<p>weight|bias)", "x": r"(?P<x>[qkv])"}
+_POS = {"dinov2": "embeddings.position_embeddings",
+        "siglip": "embeddings.position_embedding.weight"}
+_GROUPS = {"i": r"(?P<i>\d+)", "n": r"(?P<n>[12])", "p": r"(?P<p>weight|bias)",
+           "x": r"(?P<x>[qkv])"}
 
 
 def _regex(template: str) -> re.Pattern:
@@ -102,7 +104,8 @@ def tower_to_ours(spec: dict[str, Any], key: str, value: torch.Tensor
     return None
 
 
-def tower_to_published(spec: dict[str, Any], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def tower_to_published(spec: dict[str, Any], ours: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
     """Our tower state dict (keys without the tower prefix) -> timm names."""
     kind, out, qkv = spec["kind"], {}, {}
     pos = ours[_POS[kind]]
@@ -132,7 +135,8 @@ def tower_to_published(spec: dict[str, Any], ours: dict[str, torch.Tensor]) -> d
     return out
 
 
-def to_published(state: dict[str, torch.Tensor], towers: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def to_published(state: dict[str, torch.Tensor], towers: list[dict[str, Any]]
+                 ) -> dict[str, torch.Tensor]:
     """Our full state dict -> published OpenVLA names (fresh contiguous tensors)."""
     out = {k: v.contiguous() for k, v in state.items() if not k.startswith(TOWER_PREFIXES)}
     for prefix, spec in zip(TOWER_PREFIXES, towers):

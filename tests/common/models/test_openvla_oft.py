@@ -209,7 +209,8 @@ def _timm_patches(sd: dict, prefix: str, spec: dict, pixels: torch.Tensor) -> to
     extra = 0
     if spec["kind"] == "dinov2":
         B = x.shape[0]
-        x = torch.cat([get("cls_token").expand(B, -1, -1), get("reg_token").expand(B, -1, -1), x], 1)
+        x = torch.cat([get("cls_token").expand(B, -1, -1), get("reg_token").expand(B, -1, -1),
+                       x], dim=1)
         extra = 1 + spec["num_register_tokens"]
     B, N, D, H = *x.shape, spec["num_heads"]
     for i in range(spec["depth"] - 1):
@@ -227,7 +228,12 @@ def _timm_patches(sd: dict, prefix: str, spec: dict, pixels: torch.Tensor) -> to
     return x[:, extra:]
 
 
-def test_published_names_run_like_timm_vits(policy):
+def test_published_names_run_like_timm_vits():
+    torch.manual_seed(2)
+    policy = OpenVLAOFTPolicy(preset_config("tiny"))
+    with torch.no_grad():   # O(1) weights: at init, LayerScale 1e-5 would hide any block error
+        for param in policy.vision_backbone.parameters():
+            param.normal_(0.0, 0.3)
     published = checkpoint.to_published(policy.state_dict(), policy.config.vision_towers)
     pixels = policy.prepare_inputs(make_obs(2))["pixel_values"].flatten(0, 1)
     with torch.no_grad():
@@ -264,9 +270,10 @@ def test_published_checkpoint_directory_loads_and_reproduces_outputs(policy, tmp
                "vision_backbone.fused_featurizer.attn_pool.latent": torch.ones(1, 1, 48),
                "vision_backbone.featurizer.norm.weight": torch.ones(32)},
               str(tmp_path / "extra.safetensors"))
-    index["weight_map"].update({k: "extra.safetensors" for k in (
-        "vision_backbone.featurizer.blocks.2.norm1.weight",
-        "vision_backbone.fused_featurizer.attn_pool.latent", "vision_backbone.featurizer.norm.weight")})
+    unused = ("vision_backbone.featurizer.blocks.2.norm1.weight",
+              "vision_backbone.fused_featurizer.attn_pool.latent",
+              "vision_backbone.featurizer.norm.weight")
+    index["weight_map"].update({k: "extra.safetensors" for k in unused})
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
 
     loaded = OpenVLAOFTPolicy.from_pretrained(str(tmp_path)).eval()
@@ -279,18 +286,25 @@ def test_published_checkpoint_directory_loads_and_reproduces_outputs(policy, tmp
     assert loaded.tokens_to_actions(tokens)[0, 0].tolist() == pytest.approx(
         [0.5 * (2 - 1 / 255) - 0.5] * 6 + [1 - 1 / 255], abs=1e-6)
 
-    save_file({"vision_backbone.featurizer.blocks.0.bogus.weight": torch.ones(2)},
-              str(tmp_path / "extra.safetensors"))
-    index["weight_map"] = {**index["weight_map"],
-                           "vision_backbone.featurizer.blocks.0.bogus.weight": "extra.safetensors"}
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+def test_from_pretrained_rejects_foreign_checkpoints(policy, tmp_path):
+    from safetensors.torch import save_file
+    policy.save_pretrained(str(tmp_path))                # one file: model.safetensors
+    assert (tmp_path / "model.safetensors").exists()
+    assert OpenVLAOFTPolicy.from_pretrained(str(tmp_path)).config.text_config.hidden_size == 64
+    state = checkpoint.to_published(policy.state_dict(), policy.config.vision_towers)
+    state["vision_backbone.featurizer.blocks.0.bogus.weight"] = torch.ones(2)
+    save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="bogus"):
+        OpenVLAOFTPolicy.from_pretrained(str(tmp_path))
+    del state["vision_backbone.featurizer.blocks.0.bogus.weight"], state["projector.fc3.bias"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="projector.fc3.bias"):
         OpenVLAOFTPolicy.from_pretrained(str(tmp_path))
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
     with pytest.raises(ValueError, match="model_type"):
         OpenVLAOFTPolicy.from_pretrained(str(tmp_path))
-
 
 
 def test_runs_under_fsdp2(tmp_path):

@@ -1,0 +1,110 @@
+"""``pushcut run`` end to end as separate OS processes (store, learner, actors; demos and
+SFT first when there is no policy), in async and in sync mode."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.config import load_config
+from common.metrics import read_jsonl
+from learner.run_local import config_overrides
+from learner.store import TrajectoryStore
+from learner.trainer import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_overrides_reproduce_the_config():
+    cfg = load_config(["env=libero", "mode=sync", "++model.kwargs={image_size:16}",
+                       'run_dir="/tmp/a b\'c"', "env.tasks=[spatial/0,goal/1]",
+                       "learner.max_versions=7", "eval.temperatures=[0.0,1.6]"])
+    overrides = config_overrides(cfg)
+    assert all(o.startswith("++") for o in overrides)
+    assert load_config(overrides) == cfg
+    assert config_overrides(load_config([])) == []
+
+
+def tiny_run_args(run_dir: Path, **extra) -> list[str]:
+    over = {"run_dir": run_dir, "model.preset": "micro", "env.tasks": "[spatial/0]",
+            "env.max_steps": 24, "num_actors": 2, "actor.num_envs": 4, "actor.log_every_s": 1,
+            "algo.group_size": 4, "algo.groups_per_batch": 2, "algo.micro_batch_size": 8,
+            # a barely trained micro policy rarely succeeds: keep every group so that the
+            # learner gets batches at all (the filter itself is tested in test_filter.py)
+            "algo.success_lo": 0.0, "algo.success_hi": 1.0,
+            "learner.max_versions": 3, "learner.checkpoint_every": 2, "wandb": "false",
+            "store.ingest_address": f"tcp://127.0.0.1:{free_port()}",
+            "learner.weights_address": f"tcp://127.0.0.1:{free_port()}",
+            "learner.announce_address": f"tcp://127.0.0.1:{free_port()}",
+            "learner.heartbeat_address": f"tcp://127.0.0.1:{free_port()}", **extra}
+    return [f"{k}={v}" for k, v in over.items()]
+
+
+def pushcut_run(args: list[str], timeout_s: float) -> str:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "common.cli", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    return out
+
+
+def actor_summaries(run_dir: Path) -> list[dict]:
+    found = []
+    for path in sorted((run_dir / "logs").glob("actor-*.log")):
+        lines = re.findall(r"^actor stopped: (\{.*\})$", path.read_text(), re.M)
+        assert lines, f"{path.name} has no final summary:\n{path.read_text()[-2000:]}"
+        found.append(json.loads(lines[-1]))
+    return found
+
+
+def updates(run_dir: Path) -> list[dict]:
+    return [r for r in read_jsonl(run_dir / "learner.jsonl") if r["event"] == "update"]
+
+
+@pytest.mark.slow
+def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path):
+    run_dir = tmp_path / "run"
+    # max_staleness=1: version 3 needs groups generated with version >= 1
+    out = pushcut_run(tiny_run_args(run_dir, **{"demos.per_task": 1, "sft.steps": 3,
+                                                "sft.batch_size": 8,
+                                                "sft.eval_episodes_per_task": 0,
+                                                "algo.max_staleness": 1}), timeout_s=600)
+    assert (run_dir / "demos" / "index.jsonl").exists() and (run_dir / "sft" / "final").exists()
+    stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", out, re.M).group(1))
+    assert stopped["policy_version"] == 3 and set(stopped["exits"].values()) == {0}
+    assert [r["policy_version"] for r in updates(run_dir)] == [1, 2, 3]
+    summaries = actor_summaries(run_dir)
+    assert len(summaries) == 2
+    assert any(int(v) > 0 for s in summaries for v in s["by_version"])
+    with TrajectoryStore(str(run_dir / "store"), readonly=True) as store:
+        versions = {v for g in store.complete_groups(include_consumed=True)
+                    for v in g.policy_versions}
+    assert max(versions) >= 1
+    assert (run_dir / "checkpoints" / "version-00000003" / "policy" / "config.json").exists()
+    status = read_jsonl(run_dir / "run.jsonl")
+    assert status and status[-1]["policy_version"] == 3
+
+
+@pytest.mark.slow
+def test_sync_mode_trains_only_on_the_current_version(tmp_path):
+    from tests.learner.helpers import micro_policy
+    policy_dir = tmp_path / "policy"
+    micro_policy(0).save_pretrained(str(policy_dir))
+    run_dir = tmp_path / "run"
+    out = pushcut_run(tiny_run_args(run_dir, mode="sync", **{"model.checkpoint": policy_dir}),
+                      timeout_s=600)
+    assert "run stopped:" in out
+    rows = updates(run_dir)
+    assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    assert all(r["staleness_max"] == 0 for r in rows)
+    by_version = {}
+    for s in actor_summaries(run_dir):
+        for v, n in s["by_version"].items():
+            by_version[int(v)] = by_version.get(int(v), 0) + n
+    assert {0, 1, 2} <= set(by_version)                # a round at every version
