@@ -4,9 +4,10 @@ connection, the weight subscription, signals and progress logs around :class:`Ac
 In: ``cfg.env`` (which tasks), ``cfg.model`` (the policy; ``actor.policy=expert`` drives the
 tabletop scripted expert instead), the store at ``actor.store_address``, the learner's weights
 at ``actor.weights_address`` / ``actor.announce_address``. Out: complete groups of trajectory
-records streamed to the store, acknowledged; a log line every ``actor.log_every_s`` (env
-steps/s, episodes, success rate, policy_version, send window); a final ``actor stopped: {json}``
-line on stdout.
+records streamed to the store, acknowledged; a heartbeat to ``actor.heartbeat_address`` every
+``actor.heartbeat_s``; a log line (stderr) every ``actor.log_every_s`` (env steps/s, episodes,
+success rate, policy_version, send window); acknowledged ids appended to ``actor.ack_log`` if
+set; a final ``actor stopped: {json}`` line on stdout.
 
     pushcut actor actor.num_envs=8 actor.store_address=tcp://learner-host:5555 \\
         actor.weights_address=tcp://learner-host:5556 actor.announce_address=tcp://learner-host:5557
@@ -39,6 +40,7 @@ from actors.actor import Actor  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
+from common.health import HeartbeatSender  # noqa: E402
 from common.security import CurveClientKeys  # noqa: E402
 from common.transport import TrajectorySender  # noqa: E402
 from common.weights import WeightClient  # noqa: E402
@@ -96,14 +98,39 @@ def make_actor(cfg, actor_id: str, workers: list, client: WeightClient | None) -
                  policy_version=version, weight_client=client, generator=generator)
 
 
-class ProgressLog:
-    """Logs the actor's counters every ``every_s`` from a daemon thread."""
+class AckLog:
+    """Appends every acknowledged trajectory_id to ``path`` (one per line), so that a test or
+    an operator can check that nothing acknowledged was lost, even after a SIGKILL."""
 
-    def __init__(self, actor: Actor, sender: TrajectorySender, every_s: float):
-        self.actor, self.sender, self.every_s = actor, sender, every_s
-        self.started = time.monotonic()
+    def __init__(self, path: str | None):
+        self._file = open(path, "a") if path else None
+        self._written = 0
+
+    def update(self, sender: TrajectorySender) -> None:
+        if self._file is None:
+            return
+        new = sender.counters["acked"] - self._written
+        if new > 0:
+            ids = list(sender.acked_ids)[-new:]
+            self._file.write("".join(f"{tid}\n" for tid in ids))
+            self._file.flush()
+            self._written += new
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class ProgressLog:
+    """A daemon thread: a heartbeat to the learner every ``heartbeat_s`` and a log line of the
+    actor's counters every ``every_s``."""
+
+    def __init__(self, actor: Actor, sender: TrajectorySender, cfg, curve):
+        self.actor, self.sender = actor, sender
+        self.every_s, self.heartbeat_s = cfg.actor.log_every_s, cfg.actor.heartbeat_s
+        self._heartbeat_args = (cfg.actor.heartbeat_address, curve)
         self._stop = threading.Event()
-        self._last = (self.started, 0, 0, 0)
+        self._last = (time.monotonic(), 0, 0, 0)
         self._thread = threading.Thread(target=self._run, name="actor-log", daemon=True)
 
     def start(self) -> "ProgressLog":
@@ -115,21 +142,30 @@ class ProgressLog:
         self._thread.join(5)
 
     def line(self) -> str:
-        s, now = self.actor.stats, time.monotonic()
+        s, now, steps = self.actor.stats, time.monotonic(), self.actor.rollout.env_steps
         t0, steps0, eps0, succ0 = self._last
-        self._last = (now, s.env_steps, s.episodes, s.successes)
+        self._last = (now, steps, s.episodes, s.successes)
         window_eps = s.episodes - eps0
         rate = f"{(s.successes - succ0) / window_eps:.0%}" if window_eps else "n/a"
         c = self.sender.counters
         return (f"{self.actor.actor_id} v{self.actor.policy_version} | "
-                f"{(s.env_steps - steps0) / max(now - t0, 1e-9):.0f} env steps/s | "
+                f"{(steps - steps0) / max(now - t0, 1e-9):.0f} env steps/s | "
                 f"episodes {s.episodes} (+{window_eps}, success {rate}) | groups {s.groups} | "
                 f"acked {c['acked']}/{c['sent']} in flight {self.sender.in_flight} | "
                 f"waited {s.wait_s:.1f}s")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            log.info(self.line())
+        beats = HeartbeatSender(*self._heartbeat_args)   # its socket lives in this thread
+        next_log = time.monotonic() + self.every_s
+        try:
+            while not self._stop.wait(min(self.heartbeat_s, self.every_s)):
+                a = self.actor
+                beats.beat(a.actor_id, a.policy_version, a.rollout.env_steps, a.stats.episodes)
+                if time.monotonic() >= next_log:
+                    next_log += self.every_s
+                    log.info(self.line())
+        finally:
+            beats.close()
 
 
 def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: float) -> dict:
@@ -143,7 +179,8 @@ def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: floa
             "flushed": flushed, **sender.stats()}
 
 
-def loop(cfg, actor: Actor, sender: TrajectorySender, stop: threading.Event) -> None:
+def loop(cfg, actor: Actor, sender: TrajectorySender, acks: AckLog,
+         stop: threading.Event) -> None:
     """Rounds until stopped or ``actor.max_groups`` are sent."""
     max_groups = cfg.actor.max_groups
     while not stop.is_set() and (max_groups is None or actor.stats.groups < max_groups):
@@ -154,6 +191,7 @@ def loop(cfg, actor: Actor, sender: TrajectorySender, stop: threading.Event) -> 
         left = None if max_groups is None else max_groups - actor.stats.groups
         actor.run_round(sender.send, max_groups=left, should_stop=stop.is_set)
         sender.poll(0)   # take the acks that arrived during the round
+        acks.update(sender)
 
 
 def run_actor(cfg, stop: threading.Event) -> dict:
@@ -166,6 +204,7 @@ def run_actor(cfg, stop: threading.Event) -> dict:
     workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.actor.seed,
                            cfg.actor.subprocess_envs)
     client = sender = progress = None
+    acks = AckLog(cfg.actor.ack_log)
     try:
         client = WeightClient(cfg.actor.weights_address, cfg.actor.announce_address, curve=curve)
         actor = make_actor(cfg, actor_id, workers, client)
@@ -176,20 +215,21 @@ def run_actor(cfg, stop: threading.Event) -> dict:
                  actor_id, len(workers), "subprocess" if cfg.actor.subprocess_envs else
                  "in-process", len(actor.scheduler.tasks), actor.group_size, actor.temperature,
                  cfg.actor.store_address)
-        progress = ProgressLog(actor, sender, cfg.actor.log_every_s).start()
-        loop(cfg, actor, sender, stop)
+        progress = ProgressLog(actor, sender, cfg, curve).start()
+        loop(cfg, actor, sender, acks, stop)
         flushed = sender.flush(cfg.actor.flush_timeout_s)
+        acks.update(sender)
         if not flushed:
             log.warning("%d trajectories still unacknowledged after %.0fs; dropping them",
                         sender.in_flight, cfg.actor.flush_timeout_s)
         log.info(progress.line())
         return summary(actor, sender, flushed, started)
     finally:
-        for part in (progress, sender, client):
+        if progress is not None:
+            progress.stop()
+        for part in (acks, sender, client, *workers):
             if part is not None:
-                part.stop() if part is progress else part.close()
-        for w in workers:
-            w.close()
+                part.close()
 
 
 def _setup_logging() -> None:

@@ -101,9 +101,12 @@ class Recorder:
 
     def __init__(self, sender: TrajectorySender):
         self.sender, self.played, self.bytes = sender, [], 0
+        self.inference_s = self.env_s = 0.0
 
     def __call__(self, traj: Trajectory) -> None:
         self.played.append(Played(traj.task_id, traj.init_state_id, traj.actions, traj.length))
+        self.inference_s += traj.timings["inference_s"]
+        self.env_s += traj.timings["env_s"]
         raw = encode(traj)
         self.bytes += len(raw)
         self.sender.send(raw, trajectory_id=traj.trajectory_id)
@@ -160,7 +163,8 @@ def measure(cfg, workers: list, address: str, console: Console) -> dict:
         raise RuntimeError(f"replay executed {bare_steps} steps, the actor {steps}")
     return {"episodes": episodes, "env_steps": steps, "actor_s": actor_s, "bare_s": bare_s,
             "flushed": flushed, "acked": acked, "trajectory_bytes": rec.bytes,
-            "wait_s": actor.stats.wait_s - stats0["wait_s"]}
+            "wait_s": actor.stats.wait_s - stats0["wait_s"], "inference_s": rec.inference_s,
+            "env_s": rec.env_s}
 
 
 def run(cfg) -> dict:
@@ -188,21 +192,26 @@ def run(cfg) -> dict:
         "trajectories_per_s": m["episodes"] / m["actor_s"],
         "stream_mb_per_s": m["trajectory_bytes"] / m["actor_s"] / 1e6,
         "acked": m["acked"], "flushed": m["flushed"], "actor_wait_s": m["wait_s"],
+        "inference_share": m["inference_s"] / m["actor_s"], "env_share": m["env_s"] / m["actor_s"],
     }
     print_figures(figures, console)
     return figures
 
 
 def print_figures(f: dict, console: Console) -> None:
-    table = Table(title=f"pushcut bench actor: {f['num_envs']} envs "
-                        f"({'subprocess' if f['subprocess_envs'] else 'in-process'}), "
-                        f"{f['model']} on {f['device']} ({f['torch_threads']} threads)")
+    console.print(f"pushcut bench actor: {f['num_envs']} envs "
+                  f"({'subprocess' if f['subprocess_envs'] else 'in-process'}), {f['model']} "
+                  f"on {f['device']} ({f['torch_threads']} torch threads), "
+                  f"group size {f['group_size']}", soft_wrap=True)
+    table = Table()
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [("full actor env steps/s", f"{f['actor_steps_per_s']:.0f}"),
             ("bare env steps/s (same envs, same episodes)", f"{f['bare_steps_per_s']:.0f}"),
             ("ratio (goal >= 0.85)", f"{f['ratio']:.2f}"),
             ("episodes / env steps", f"{f['episodes']} / {f['env_steps']}"),
+            ("actor wall time in policy inference", f"{f['inference_share']:.0%}"),
+            ("actor wall time in env stepping", f"{f['env_share']:.0%}"),
             ("trajectories/s streamed", f"{f['trajectories_per_s']:.1f}"),
             ("stream MB/s", f"{f['stream_mb_per_s']:.2f}"),
             ("acknowledged by the store", f"{f['acked']} (all: {f['flushed']})"),

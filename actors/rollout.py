@@ -111,6 +111,7 @@ class VectorRollout:
         self.workers = [as_worker(e) for e in envs]
         self.policy = policy
         self.specs: dict[str, TaskSpec] = {t.task_id: t for t in self.workers[0].tasks()}
+        self.env_steps = 0    # every control step executed, dropped episodes included
 
     def run(self, requests: Sequence[EpisodeRequest], temperature: float,
             generator: torch.Generator | None = None,
@@ -178,5 +179,7 @@ class VectorRollout:
             steps_left = slot.spec.max_steps - slot.length
             self.workers[i].start_chunk(actions[j], steps_left, slot.request.record_video)
         for i in active:
-            slots[i].add_chunk(self.workers[i].result())
+            res = self.workers[i].result()
+            slots[i].add_chunk(res)
+            self.env_steps += res.steps
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, Sequence, Union
@@ -49,7 +50,7 @@ class _Pending:
     def __init__(self, payload: bytes):
         self.payload = payload
         self.first_sent = time.monotonic()
-        self.last_sent: Optional[float] = None   # None: not handed to ZeroMQ yet
+        self.last_sent: Optional[float] = None   # None: waiting for a connected store
         self.attempts = 0
 
 
@@ -127,7 +128,7 @@ class TrajectorySender:
         Returns the number of replies handled."""
         handled = 0
         events = zmq.POLLIN | (zmq.POLLOUT if self._has_unsent() else 0)
-        if self._sock.poll(max(0, int(timeout_s * 1000)), events):
+        if self._sock.poll(max(0, math.ceil(timeout_s * 1000)), events):
             while True:
                 try:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK)
@@ -164,8 +165,8 @@ class TrajectorySender:
 
     # ------------------------------------------------------------------ internals
     def _wait_s(self, remaining: Optional[float]) -> float:
-        """How long a poll may sleep: until the next resend is due (or a retry of an unsent
-        message), never past the caller's deadline."""
+        """How long a poll may sleep: until the next resend is due, never past the caller's
+        deadline (unsent messages wake the poll through POLLOUT once a store connects)."""
         now = time.monotonic()
         due = min((self._due(e) for e in self._pending.values()), default=now + 1.0)
         wait = min(max(due - now, 0.0), 1.0)
@@ -173,7 +174,7 @@ class TrajectorySender:
 
     def _due(self, entry: _Pending) -> float:
         if entry.last_sent is None:
-            return entry.first_sent + 0.05   # POLLOUT wakes us earlier once connected
+            return math.inf
         backoff = min(2.0 ** max(entry.attempts - 1, 0), _MAX_BACKOFF)
         return entry.last_sent + self.resend_after_s * backoff
 
@@ -185,7 +186,8 @@ class TrajectorySender:
         try:
             self._sock.send_multipart([trajectory_id.encode(), entry.payload],
                                       flags=zmq.NOBLOCK, copy=copy)
-        except zmq.Again:    # no store connected, or its queue is full: retried by poll()
+        except zmq.Again:    # no store connected, or its queue is full: poll() retries on POLLOUT
+            entry.last_sent = None
             return
         if entry.attempts:
             self.counters["resent"] += 1
@@ -197,6 +199,8 @@ class TrajectorySender:
         for trajectory_id, entry in list(self._pending.items()):
             if entry.last_sent is None or now >= self._due(entry):
                 self._transmit(trajectory_id, entry)
+                if entry.last_sent is None:   # not writable: the rest would fail alike
+                    break
 
     def _on_reply(self, frames: list[bytes]) -> None:
         if len(frames) < 3 or frames[0] not in (ACK, REJECT):
@@ -235,7 +239,7 @@ class IngestServer:
     """
 
     def __init__(self, address: str, commit: CommitFn, *,
-                 max_message_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 16,
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 64,
                  max_batch_bytes: int = 4 << 20, curve: Optional[CurveServerKeys] = None):
         self.commit = commit
         self.max_message_bytes = max_message_bytes

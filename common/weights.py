@@ -154,7 +154,7 @@ class WeightClient:
         self.latest_every_s = latest_every_s
         self.curve = curve
         self.stats = {"announcements": 0, "fetched": 0, "checksum_failures": 0,
-                      "timeouts": 0, "aborted": 0, "bad_messages": 0}
+                      "timeouts": 0, "unreachable": 0, "aborted": 0, "bad_messages": 0}
         self._ctx = context or zmq.Context.instance()
         self._cond = threading.Condition()
         self._ready: tuple[int, dict[str, torch.Tensor]] | None = None
@@ -298,6 +298,7 @@ class WeightClient:
         try:   # never block: a DEALER with no live peer would hold the thread forever
             self._sock.send_multipart([b"", pack(req)], zmq.NOBLOCK)
         except zmq.Again:
+            self.stats["unreachable"] += 1
             self._reset_socket()
             raise FetchError(f"weight server {self.weights_address} not reachable") from None
 

@@ -19,7 +19,7 @@ Action (7 floats in [-1, 1], LIBERO's convention, passed to robosuite's OSC_POSE
 unchanged): dx, dy, dz (x 0.05 m per step), droll, dpitch, dyaw (axis-angle, x 0.5 rad per
 step), gripper: -1 opens, +1 closes. OpenVLA-family checkpoints predict the gripper in the
 RLDS convention (0 close, 1 open); their policy must map it as OpenVLA does
-(``g -> -(2g - 1)``) before it reaches this env.
+(``g -> -sign(2g - 1)``) before it reaches this env.
 
 Images follow OpenVLA(-OFT): render ``render_size`` pixels (OFT: 256), rotate 180° (the
 raw frame is in OpenGL's bottom-up order), optionally centre-crop 90 % of the area, resize
@@ -281,6 +281,13 @@ class LiberoEnv:
     @property
     def steps(self) -> int:
         return self._steps
+
+    @property
+    def init_states(self) -> np.ndarray:
+        """float64 [50, S]: the current task's MuJoCo init states, indexed by init_state_id."""
+        if self._init_states is None:
+            raise RuntimeError("LiberoEnv.init_states: call reset(task_id, init_state_id) first")
+        return self._init_states
 
     def goal_predicates(self) -> list[list[str]]:
         """The task's BDDL goal, e.g. [["on", "akita_black_bowl_1", "plate_1"]]."""

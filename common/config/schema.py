@@ -71,7 +71,7 @@ class StoreConfig:
     capacity: int = 20000             # trajectories kept; beyond it evict consumed, then stalest
     map_size_mb: int = 256            # initial LMDB map; grows on MapFullError
     max_message_mb: int = 64
-    max_batch: int = 16               # received messages committed in one LMDB transaction
+    max_batch: int = 64               # received messages committed in one LMDB transaction
     max_batch_mb: int = 4             # ... and about this many MB (big transactions are slower)
     log_every_s: float = 5.0
     curve_secret_key: Optional[str] = None     # path to this server's secret key file
@@ -103,6 +103,7 @@ class ActorConfig:
     weights_wait_s: float = 5.0       # at start, wait this long for a learner's weights
     flush_timeout_s: float = 10.0     # at exit, wait this long for the store's acks
     sync_wait_s: float = 600.0        # mode=sync: longest wait for the learner between rounds
+    ack_log: Optional[str] = None     # append each acknowledged trajectory_id to this file
 
 
 @dataclass
@@ -174,7 +175,7 @@ class BenchConfig:
     processes: list[int] = field(default_factory=lambda: [1, 2])
     out: Optional[str] = None
     ingest_in_flight: int = 2         # ingest: unacknowledged trajectories per producer
-    ingest_store_mb: int = 2048       # ingest: disk budget of each bench store (sets capacity)
+    ingest_store_mb: int = 256        # ingest: bench store capacity in MB (it runs full, evicting)
 
 
 @dataclass

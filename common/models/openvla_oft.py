@@ -122,7 +122,8 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         device = self.device
         pixels = torch.from_numpy(np.ascontiguousarray(images[:, :V])).to(device)
         pixels = preprocess_images(pixels.flatten(0, 1), self.config.vision_towers)
-        input_ids, mask = self.prompts.encode(obs.instructions, self.config.pad_token_id)
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        input_ids, mask = self.prompts.encode(obs.instructions, pad)   # pads are masked out
         return {"pixel_values": pixels.unflatten(0, (len(obs), V)),
                 "input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
@@ -136,7 +137,11 @@ class OpenVLAOFTPolicy(PreTrainedModel):
     @torch.no_grad()
     def sample(self, obs: ObsBatch, temperature: float,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (bins int64 [B, K], log-probs float32 [B, K]) on the CPU. T == 0: greedy."""
+        """-> (bins int64 [B, K], log-probs float32 [B, K]) on the CPU. T == 0: greedy.
+
+        ``generator`` may live on the CPU or on the model's device."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         logits = self.logits(obs)
         if temperature == 0:
             logp = F.log_softmax(logits, dim=-1)

@@ -155,3 +155,22 @@ def test_actor_blocks_while_store_is_away_then_delivers(tmp_path):
             assert len(store.groups()) == 3
         finally:
             store.stop()
+
+
+def test_sync_mode_holds_rounds_while_the_learner_updates():
+    policy = build_policy(ModelConfig(preset="micro")).eval()
+    weights = micro_weights(1)
+    with WeightPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", chunk_mb=0.05,
+                         announce_every_s=0.1) as pub, \
+            WeightClient(pub.weights_address, pub.announce_address, min_version=0) as client:
+        actor = make_actor(policy, client, num_envs=1, group_size=1)
+        assert actor.wait_for_learner(timeout_s=1.0)            # nothing announced: go
+        pub.publish(1, weights)
+        pub.pause()                                             # the learner is updating
+        wait_for(lambda: client.paused, what="the pause announcement")
+        assert not actor.wait_for_learner(timeout_s=0.5)        # held
+        pub.resume()
+        assert actor.wait_for_learner(timeout_s=30)             # released, on version 1
+        assert actor.policy_version == 1 and actor.stats.swaps == 1
+        for k, v in policy.state_dict().items():
+            assert torch.equal(v, weights[k]), k

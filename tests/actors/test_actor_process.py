@@ -71,7 +71,8 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
                                  "actor.actor_id=expert"),
                      start_actor(store, *addresses, *common, "model.preset=micro",
                                  "env.suite=spatial", "env.max_steps=16",
-                                 "actor.weights_wait_s=120", "actor.actor_id=model")]
+                                 "actor.weights_wait_s=120", "actor.actor_id=model",
+                                 f"actor.ack_log={tmp_path / 'acks.log'}")]
             wait_for(lambda: set(Counter(g[0].actor_id for g in store.groups().values())) ==
                      {"expert", "model"}, 300, "groups from both actors", every_s=0.5)
             store.kill()                           # SIGKILL mid-stream, then back
@@ -94,6 +95,9 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
         # every trajectory sent was acknowledged, and every group acknowledged is stored
         assert s["flushed"] and s["acked"] == s["sent"] == 2 * s["groups"], s
     assert summary_expert["groups"] == 4
+    acked = (tmp_path / "acks.log").read_text().split()
+    assert len(acked) == len(set(acked)) == summary_model["acked"]
+    assert not store.missing(acked)
     assert store_counts(groups) == {"expert": 4, "model": summary_model["groups"]}
     env = TabletopEnv(EnvConfig(tasks=["goal/3", "spatial/1"]))
     versions = Counter()

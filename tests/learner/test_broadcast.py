@@ -102,7 +102,8 @@ def test_client_keeps_waiting_while_learner_is_away():
         s.close(0)
     weights, announce = (f"tcp://127.0.0.1:{p}" for p in ports)
     with WeightClient(weights, announce, request_timeout_s=0.5, latest_every_s=0.2) as client:
-        wait_for(lambda: client.stats["timeouts"] >= 1, what="a fetch timeout")
+        wait_for(lambda: client.stats["timeouts"] + client.stats["unreachable"] >= 1,
+                 what="a failed request")
         assert client.poll() is None
         with WeightPublisher(weights, announce, chunk_mb=0.004, announce_every_s=0.2) as pub:
             pub.publish(7, make_state_dict(7))
@@ -194,6 +195,8 @@ def test_curve_keys_admit_known_actors_only(tmp_path):
             assert version == 1
             assert_same(fetched, {k: v.contiguous() for k, v in sd.items()})
         with WeightClient(pub.weights_address, pub.announce_address, request_timeout_s=0.5,
+                          latest_every_s=0.2,
                           curve=CurveClientKeys(str(stranger_sec), str(server_pub))) as client:
-            wait_for(lambda: client.stats["timeouts"] >= 1, what="the stranger's timeout")
+            wait_for(lambda: client.stats["timeouts"] + client.stats["unreachable"] >= 2,
+                     what="two refused requests of the stranger")
             assert client.poll() is None and client.stats["announcements"] == 0

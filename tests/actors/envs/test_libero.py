@@ -57,7 +57,8 @@ def test_init_state_split_is_disjoint_and_validated():
     train, heldout = lib.init_state_split(40, 10)
     assert train == list(range(40)) and heldout == list(range(40, 50))
     assert not set(train) & set(heldout)
-    with pytest.raises(ValueError, match=r"num_train_init_states \(45\) \+ env.num_heldout_init_states \(10\)"):
+    with pytest.raises(ValueError, match=r"num_train_init_states \(45\) \+ "
+                                         r"env.num_heldout_init_states \(10\)"):
         lib.init_state_split(45, 10)
 
 
@@ -118,7 +119,7 @@ def test_tasks_instructions_and_disjoint_init_states(env):
     assert len(train) == 40 and len(heldout) == 10 and not set(train) & set(heldout)
     # the states themselves differ too: no held-out state is a training state
     env.reset(TASK, 0)
-    states = env._init_states
+    states = env.init_states
     assert len(states) == lib.NUM_INIT_STATES
     assert not any(np.array_equal(states[h], states[t]) for h in heldout for t in train)
     with pytest.raises(ValueError, match="sum to at most the 50 init states"):
@@ -216,7 +217,8 @@ def test_actor_process_streams_libero_episode_into_store(libero_ready, tmp_path)
             "actor", "env=libero", f"env.tasks=[{TASK}]", "env.max_steps=20",
             f"env.image_size={SIZE}", "env.render_size=null", "model.preset=micro",
             f"+model.kwargs.image_size={SIZE}", "actor.num_envs=1", "algo.group_size=2",
-            "actor.max_groups=1", "actor.weights_wait_s=0", f"actor.actor_id=libero-{uuid.uuid4().hex[:6]}",
+            "actor.max_groups=1", "actor.weights_wait_s=0",
+            f"actor.actor_id=libero-{uuid.uuid4().hex[:6]}",
             f"actor.store_address={store.address}",
             f"actor.weights_address=tcp://127.0.0.1:{free_port()}",
             f"actor.announce_address=tcp://127.0.0.1:{free_port()}",

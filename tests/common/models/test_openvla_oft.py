@@ -334,3 +334,45 @@ def test_runs_under_fsdp2(tmp_path):
         assert torch.equal(again, tokens)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_pushcut_run_trains_openvla_oft_tiny_end_to_end(tmp_path):
+    """Demos, SFT, then store + learner + 2 actors as OS processes, to policy_version 2."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from common.models import load_policy
+    from learner.trainer import free_port
+
+    run_dir = tmp_path / "run"
+    args = {"run_dir": run_dir, "model": "openvla_oft", "env.tasks": "[spatial/0]",
+            "env.max_steps": 24, "num_actors": 2, "actor.num_envs": 4, "algo.group_size": 4,
+            "algo.groups_per_batch": 2, "algo.micro_batch_size": 8, "algo.success_lo": 0.0,
+            "algo.success_hi": 1.0, "algo.max_staleness": 1, "learner.max_versions": 2,
+            "learner.checkpoint_every": 2, "wandb": "false", "demos.per_task": 1,
+            "sft.steps": 2, "sft.batch_size": 8, "sft.eval_episodes_per_task": 0,
+            **{key: f"tcp://127.0.0.1:{free_port()}" for key in (
+                "store.ingest_address", "learner.weights_address", "learner.announce_address",
+                "learner.heartbeat_address")}}
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "common.cli", "run",
+                           *[f"{k}={v}" for k, v in args.items()]], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", out, re.M).group(1))
+    assert stopped["policy_version"] == 2 and set(stopped["exits"].values()) == {0}
+    rows = [json.loads(line) for line in (run_dir / "learner.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in rows if r.get("event") == "update"] == [1, 2]
+    actors = [json.loads(m) for p in sorted((run_dir / "logs").glob("actor-*.log"))
+              for m in re.findall(r"^actor stopped: (\{.*\})$", p.read_text(), re.M)]
+    assert len(actors) == 2 and any(int(v) > 0 for a in actors for v in a["by_version"])
+    trained = load_policy(run_dir / "checkpoints" / "version-00000002" / "policy")
+    assert isinstance(trained, OpenVLAOFTPolicy) and trained.config.unnorm_key == "pushcut"
+    tokens, _ = trained.sample(make_obs(2), 1.6)
+    assert trained.tokens_to_actions(tokens.numpy()).shape == (2, 8, 7)
