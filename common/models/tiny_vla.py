@@ -27,28 +27,10 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.models.tiny_vla_config import PRESETS, TinyVLAConfig
+from common.models.tiny_vla_vision import VisionEncoder
 from common.policy import ObsBatch
 from common.text import PAD_ID, VOCAB_SIZE, encode_instructions
 from common.tokenizer import ActionTokenizer
-
-
-class VisionEncoder(nn.Module):
-    """images float [N, 3, H, W] in [-0.5, 0.5] -> patch tokens [N, g*g, d], g = H / 2^n.
-
-    Strided convs rather than pooling, so that where a thing sits inside a patch survives
-    in the channels (the policy has to reach for it)."""
-
-    def __init__(self, cfg: TinyVLAConfig):
-        super().__init__()
-        widths = [3, *cfg.vision_channels]
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(widths[-1], cfg.d_model, 3, stride=2, padding=1))
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).flatten(2).transpose(1, 2)
 
 
 class TextEncoder(nn.Module):
@@ -100,11 +82,11 @@ class TinyVLAPolicy(PreTrainedModel):
 
     def __init__(self, config: TinyVLAConfig):
         super().__init__(config)
-        d, g, V = config.d_model, config.vision_grid, config.num_views
+        d, V = config.d_model, config.num_views
         self.vision = VisionEncoder(config)
         self.text = TextEncoder(config)
         self.proprio = nn.Linear(config.proprio_dim, d)
-        self.vision_pos = nn.Parameter(torch.zeros(V, g * g, d))
+        self.vision_pos = nn.Parameter(torch.zeros(V, config.num_vision_tokens, d))
         self.text_pos = nn.Parameter(torch.zeros(config.num_text_tokens, d))
         self.action_queries = nn.Parameter(torch.zeros(config.num_queries, d))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))

@@ -14,13 +14,14 @@ from transformers import PretrainedConfig
 
 # Named size presets (ModelConfig.preset); ModelConfig.kwargs override single fields.
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~0.94 M parameters. 64x64 input: 16 vision + 8 text + 1 proprio + C action queries
-    # = 33 tokens, 4 layers; ~23 M multiply-adds per sample (sized for SFT on 2 CPU cores).
+    # 64x64 input: 16 patch + 8 keypoint + 8 text + 1 proprio + C action-query tokens
+    # = 41 tokens, 4 layers (sized for SFT on 2 CPU cores).
     "default": dict(d_model=128, n_layers=4, n_heads=4, mlp_ratio=2,
-                    vision_channels=[16, 32, 64], max_text_len=128, text_stride=16),
+                    vision_channels=[16, 32, 64], keypoints=32, max_text_len=128,
+                    text_stride=16),
     # For tests: the same computation at a fraction of the cost.
     "micro": dict(d_model=32, n_layers=2, n_heads=2, mlp_ratio=2, vision_channels=[8, 8, 16],
-                  max_text_len=128, text_stride=16),
+                  keypoints=8, max_text_len=128, text_stride=16),
 }
 
 
@@ -31,6 +32,7 @@ class TinyVLAConfig(PretrainedConfig):
                  image_size: int = 64, num_views: int = 1, proprio_dim: int = 8,
                  d_model: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_ratio: int = 4,
                  dropout: float = 0.0, vision_channels: Optional[list[int]] = None,
+                 keypoints: int = 32, keypoints_per_token: int = 4,
                  max_text_len: int = 128, text_stride: int = 16,
                  tokens_per_query: Optional[int] = None,
                  action_stats: Optional[dict[str, Any]] = None,
@@ -49,6 +51,8 @@ class TinyVLAConfig(PretrainedConfig):
         self.mlp_ratio = int(mlp_ratio)
         self.dropout = float(dropout)
         self.vision_channels = list(vision_channels or [16, 32, 64])
+        self.keypoints = int(keypoints)
+        self.keypoints_per_token = int(keypoints_per_token)
         self.max_text_len = int(max_text_len)
         self.text_stride = int(text_stride)
         # None: one query per chunk step decoding its D tokens; 1: one query per token
@@ -76,8 +80,13 @@ class TinyVLAConfig(PretrainedConfig):
 
     @property
     def vision_grid(self) -> int:
-        """Side of the patch grid: one halving per conv (len(vision_channels) + 1 convs)."""
-        return self.image_size >> (len(self.vision_channels) + 1)
+        """Side of the patch grid (four stride-2 convolutions)."""
+        return self.image_size // 16
+
+    @property
+    def num_vision_tokens(self) -> int:
+        """Per camera: patch tokens, then keypoint tokens."""
+        return self.vision_grid ** 2 + self.keypoints // self.keypoints_per_token
 
     def validate_sizes(self) -> None:
         """Raise ValueError naming the first inconsistent size."""
@@ -86,10 +95,14 @@ class TinyVLAConfig(PretrainedConfig):
                                                f"n_heads {self.n_heads}"),
             (self.max_text_len % self.text_stride == 0, f"max_text_len {self.max_text_len} is "
                                                         f"not a multiple of text_stride {self.text_stride}"),
-            (len(self.vision_channels) >= 1 and
-             self.image_size % (2 << len(self.vision_channels)) == 0,
-             f"image_size {self.image_size} is not a multiple of 2^{len(self.vision_channels) + 1}"
-             f" ({len(self.vision_channels) + 1} stride-2 convolutions)"),
+            (len(self.vision_channels) == 3, f"vision_channels needs 3 widths (1/2, 1/4, 1/8 "
+                                             f"resolution), got {self.vision_channels}"),
+            (self.image_size % 16 == 0 and self.image_size >= 16,
+             f"image_size {self.image_size} is not a multiple of 16 (4 stride-2 convolutions)"),
+            (self.keypoints >= 0 and self.keypoints_per_token >= 1 and
+             self.keypoints % self.keypoints_per_token == 0,
+             f"keypoints {self.keypoints} is not a multiple of keypoints_per_token "
+             f"{self.keypoints_per_token}"),
             (self.num_action_tokens % self.tokens_per_query == 0,
              f"tokens_per_query {self.tokens_per_query} does not divide C*D = "
              f"{self.num_action_tokens}"),
