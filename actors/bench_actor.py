@@ -6,10 +6,12 @@ temperature), ``cfg.bench.seconds``. Out: printed figures, returned as a dict.
 
 1. full actor: :class:`Actor` rounds — batched policy inference, chunked env stepping with
    sparse rendering, trajectory records streamed to a real ``pushcut store`` process and
-   acknowledged — for ``bench.seconds`` (after one warm-up round), acks awaited at the end;
-2. the limit, in the same run: the SAME env workers replay the SAME episodes (same resets,
-   same actions, same rendering every C steps, same lengths, the same number of envs in
-   lock-step) with no policy and no streaming.
+   acknowledged — for ``bench.seconds`` of actor time (after a warm-up round), acks awaited
+   at the end;
+2. the limit, in the same run: after each actor round the SAME env workers replay the SAME
+   episodes (same resets, same actions, same rendering every C steps, same lengths, the same
+   number of envs in lock-step) with no policy and no streaming. Alternating the two keeps
+   a shared machine's changing load from favouring either.
 
 ratio = (1) / (2); the goal is >= 0.85.
 
@@ -34,6 +36,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from actors.actor import Actor  # noqa: E402
@@ -137,33 +140,39 @@ def warm_up(workers: list) -> None:
 
 
 def measure(cfg, workers: list, address: str, console: Console) -> dict:
+    """Alternate timed actor rounds with timed bare replays of the same round, so that both
+    see the same load on a shared machine; the final flush counts as actor time."""
     warm_up(workers)
     actor = make_actor(cfg, workers)
     with TrajectorySender(address, max_in_flight=cfg.actor.max_in_flight,
                           resend_after_s=cfg.actor.resend_after_s) as sender:
-        warm = Recorder(sender)
-        actor.run_round(warm)                       # renderers, first forward, store up
+        actor.run_round(Recorder(sender))          # first forward, store up
         if not sender.flush(300):
             raise RuntimeError(f"the store at {address} did not acknowledge the warm-up round")
-        rec, s0 = Recorder(sender), actor.stats.env_steps
-        stats0 = {k: getattr(actor.stats, k) for k in ("episodes", "wait_s")}
+        rec, s0, w0 = Recorder(sender), actor.stats.env_steps, actor.stats.wait_s
+        actor_s = bare_s = 0.0
+        bare_steps = replayed = 0
+        with Progress(console=console, transient=True) as progress:
+            bar = progress.add_task("actor rounds / bare replays", total=cfg.bench.seconds)
+            while actor_s < cfg.bench.seconds:
+                t0 = time.perf_counter()
+                actor.run_round(rec)
+                t1 = time.perf_counter()
+                bare_steps += replay(workers, rec.played[replayed:])
+                bare_s += time.perf_counter() - t1
+                actor_s += t1 - t0
+                replayed = len(rec.played)
+                progress.update(bar, completed=actor_s)
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < cfg.bench.seconds:
-            actor.run_round(rec)
         flushed = sender.flush(120)
-        actor_s = time.perf_counter() - t0
+        actor_s += time.perf_counter() - t0
         acked = sender.counters["acked"]
-    episodes = actor.stats.episodes - stats0["episodes"]
     steps = actor.stats.env_steps - s0
-    console.print(f"actor phase: {steps} env steps in {actor_s:.1f}s; replaying them bare ...")
-    t0 = time.perf_counter()
-    bare_steps = replay(workers, rec.played)
-    bare_s = time.perf_counter() - t0
     if bare_steps != steps:
         raise RuntimeError(f"replay executed {bare_steps} steps, the actor {steps}")
-    return {"episodes": episodes, "env_steps": steps, "actor_s": actor_s, "bare_s": bare_s,
-            "flushed": flushed, "acked": acked, "trajectory_bytes": rec.bytes,
-            "wait_s": actor.stats.wait_s - stats0["wait_s"], "inference_s": rec.inference_s,
+    return {"episodes": len(rec.played), "env_steps": steps, "actor_s": actor_s,
+            "bare_s": bare_s, "flushed": flushed, "acked": acked, "trajectory_bytes": rec.bytes,
+            "wait_s": actor.stats.wait_s - w0, "inference_s": rec.inference_s,
             "env_s": rec.env_s}
 
 

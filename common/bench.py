@@ -15,6 +15,7 @@ BENCHMARKS = {
     "actor": ("actors.bench_actor:run", "full actor env steps/s vs bare env stepping"),
     "learner": ("learner.bench_learner:run", "learner tokens/s for one RL micro-batch"),
     "policy": ("common.models.bench_policy:run", "policy action-chunks/s and memory by batch size"),
+    "libero": ("actors.bench_libero:run", "LIBERO worker step/reset time per core and RSS vs LIBERO's own env"),
 }
 
 

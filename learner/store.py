@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 

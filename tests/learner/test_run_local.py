@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from common.config import load_config
 from common.metrics import read_jsonl
 from learner.run_local import config_overrides
+from learner.run_status import LearnerLog, StatusBoard, one_line, render
 from learner.store import TrajectoryStore
 from learner.trainer import free_port
 
@@ -28,6 +31,35 @@ def test_config_overrides_reproduce_the_config():
     assert all(o.startswith("++") for o in overrides)
     assert load_config(overrides) == cfg
     assert config_overrides(load_config([])) == []
+
+
+def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
+    path = tmp_path / "learner.jsonl"
+    log = LearnerLog(path)
+    log.refresh()                                     # no file yet
+    with open(path, "w") as f:
+        f.write(json.dumps({"event": "start", "policy_version": 4}) + "\n")
+        f.write(json.dumps({"event": "update", "policy_version": 5, "success_rate": 0.5,
+                            "dropped_stale": 2, "staleness_mean": 1.0, "staleness_max": 2,
+                            "kept": 7, "learner_steps_per_s": 0.5})[:40])
+    log.refresh()
+    assert log.last_start["policy_version"] == 4 and log.last_update is None
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "update", "policy_version": 5, "success_rate": 0.5,
+                            "dropped_stale": 2, "staleness_mean": 1.0, "staleness_max": 2,
+                            "kept": 7, "learner_steps_per_s": 0.5})[40:] + "\n")
+    (tmp_path / "actor-0.log").write_text("a-0 v4 | 120 env steps/s | episodes 8\n"
+                                          "a-0 v5 | 130 env steps/s | episodes 9\n")
+    board = StatusBoard(tmp_path, tmp_path / "store", "async", [tmp_path / "actor-0.log"])
+    board.learner_log = log
+    figures = board.figures({"learner": True, "actor-0": True})
+    assert figures["policy_version"] == 5 and figures["dropped"] == {"stale": 2}
+    assert figures["env_steps_per_s"] == 130 and figures["actor_versions"] == [5]
+    console = Console(record=True, width=120)
+    console.print(render(figures))
+    text = console.export_text()
+    assert "policy_version" in text and "stale 2" in text and "130" in text
+    assert "v5" in one_line(figures) and "130 steps/s" in one_line(figures)
 
 
 def tiny_run_args(run_dir: Path, **extra) -> list[str]:
@@ -92,17 +124,32 @@ def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path
 
 
 @pytest.mark.slow
-def test_sync_mode_trains_only_on_the_current_version(tmp_path):
+def test_sync_mode_in_lock_step_and_sigint_stops_everything_cleanly(tmp_path):
     from tests.learner.helpers import micro_policy
+    from tests.learner.test_learner_process import wait_until
     policy_dir = tmp_path / "policy"
     micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
-    out = pushcut_run(tiny_run_args(run_dir, mode="sync", **{"model.checkpoint": policy_dir}),
-                      timeout_s=600)
-    assert "run stopped:" in out
+    args = tiny_run_args(run_dir, mode="sync", **{"model.checkpoint": policy_dir,
+                                                  "learner.max_versions": "null"})
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    with open(tmp_path / "run.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "common.cli", "run", *args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(updates(run_dir)) >= 3, 500, "3 versions", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=240) == 0, (tmp_path / "run.out").read_text()[-4000:]
+    finally:
+        proc.kill()
+    text = (tmp_path / "run.out").read_text()
+    stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", text, re.M).group(1))
+    assert stopped["reason"] == "interrupted" and set(stopped["exits"].values()) == {0}
     rows = updates(run_dir)
-    assert [r["policy_version"] for r in rows] == [1, 2, 3]
-    assert all(r["staleness_max"] == 0 for r in rows)
+    assert [r["policy_version"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r["staleness_max"] == 0 for r in rows)      # lock-step: never stale
+    final = rows[-1]["policy_version"]
+    assert (run_dir / "checkpoints" / f"version-{final:08d}").exists()   # saved on SIGINT
     by_version = {}
     for s in actor_summaries(run_dir):
         for v, n in s["by_version"].items():
