@@ -169,6 +169,7 @@ class ProgressLog:
 
 
 def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: float) -> dict:
+    """The final figures; env_steps_per_s counts from the first round to the end of the flush."""
     s = actor.stats
     elapsed = time.monotonic() - started
     return {"actor_id": actor.actor_id, "policy_version": actor.policy_version,
@@ -199,7 +200,6 @@ def run_actor(cfg, stop: threading.Event) -> dict:
     actor_id = cfg.actor.actor_id or f"{socket.gethostname()}-{os.getpid()}"
     if cfg.actor.torch_threads:
         torch.set_num_threads(cfg.actor.torch_threads)
-    started = time.monotonic()
     curve = curve_keys(cfg)
     workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.actor.seed,
                            cfg.actor.subprocess_envs)
@@ -216,6 +216,7 @@ def run_actor(cfg, stop: threading.Event) -> dict:
                  "in-process", len(actor.scheduler.tasks), actor.group_size, actor.temperature,
                  cfg.actor.store_address)
         progress = ProgressLog(actor, sender, cfg, curve).start()
+        started = time.monotonic()
         loop(cfg, actor, sender, acks, stop)
         flushed = sender.flush(cfg.actor.flush_timeout_s)
         acks.update(sender)
@@ -238,8 +239,9 @@ def _setup_logging() -> None:
         from rich.logging import RichHandler
         # logs on stderr: stdout carries only the final summary line
         logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(console=Console(stderr=True),
-                                                  show_path=False)])
+                            handlers=[RichHandler(console=Console(
+                                stderr=True, width=None if sys.stderr.isatty() else 200),
+                                show_path=False)])
 
 
 def main(cfg, args: list[str]) -> int:

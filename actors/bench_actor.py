@@ -220,7 +220,7 @@ def print_figures(f: dict, console: Console) -> None:
             ("ratio (goal >= 0.85)", f"{f['ratio']:.2f}"),
             ("episodes / env steps", f"{f['episodes']} / {f['env_steps']}"),
             ("actor wall time in policy inference", f"{f['inference_share']:.0%}"),
-            ("actor wall time in env stepping", f"{f['env_share']:.0%}"),
+            ("env stepping time / actor wall (summed over envs)", f"{f['env_share']:.0%}"),
             ("trajectories/s streamed", f"{f['trajectories_per_s']:.1f}"),
             ("stream MB/s", f"{f['stream_mb_per_s']:.2f}"),
             ("acknowledged by the store", f"{f['acked']} (all: {f['flushed']})"),

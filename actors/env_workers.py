@@ -338,5 +338,5 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING)
     sys.exit(worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

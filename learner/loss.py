@@ -86,6 +86,19 @@ def k3_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
+def _surrogate_stats(weights: Tensor, ratio: Tensor, adv: Tensor, raw_is: Tensor,
+                     is_weight: Tensor, clip_low: float, clip_high: float, is_cap: float
+                     ) -> dict[str, Tensor]:
+    """Weighted fractions of tokens whose ratio is clipped (the side that can bind for the
+    sign of A) and of importance weights above the cap. All [B, K] except adv [B, 1]."""
+    return {
+        "clip_frac_low": (weights * ((ratio < 1.0 - clip_low) & (adv < 0)).float()).sum(),
+        "clip_frac_high": (weights * ((ratio > 1.0 + clip_high) & (adv > 0)).float()).sum(),
+        "is_weight_mean": (weights * is_weight).sum(),
+        "is_cap_frac": (weights * (raw_is > is_cap).float()).sum(),
+    }
+
+
 def policy_loss(log_probs: Tensor, proximal_log_probs: Tensor, behaviour_log_probs: Tensor,
                 advantages: Tensor, weights: Tensor, *, clip_low: float = 0.2,
                 clip_high: float = 0.28, is_cap: float = 2.0,
@@ -124,15 +137,11 @@ def policy_loss(log_probs: Tensor, proximal_log_probs: Tensor, behaviour_log_pro
     token_loss = -is_weight * surrogate
     loss = (weights * token_loss).sum()
 
-    stats = {
-        "pg_loss": loss.detach(),
-        "clip_frac_low": (weights * ((ratio < 1.0 - clip_low) & (adv < 0)).float()).sum(),
-        "clip_frac_high": (weights * ((ratio > 1.0 + clip_high) & (adv > 0)).float()).sum(),
-        "is_weight_mean": (weights * is_weight).sum(),
-        "is_cap_frac": (weights * (raw_is > is_cap).float()).sum(),
-        "approx_kl": (weights * -log_ratio.detach()).sum(),
-        "behaviour_kl": (weights * k3_kl(b, p)).sum(),
-    }
+    stats = {"pg_loss": loss.detach(),
+             **_surrogate_stats(weights, ratio.detach(), adv, raw_is, is_weight,
+                                clip_low, clip_high, is_cap),
+             "approx_kl": (weights * -log_ratio.detach()).sum(),
+             "behaviour_kl": (weights * k3_kl(b, p)).sum()}
     if kl_coef != 0.0:
         if ref_log_probs is None:
             raise ValueError("kl_coef != 0 needs ref_log_probs")

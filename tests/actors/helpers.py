@@ -62,8 +62,12 @@ class StoreProcess:
             self.proc = pushcut("store", f"store.path={self.path}",
                                 f"store.ingest_address={self.address}", "store.log_every_s=2",
                                 stdout=f, stderr=subprocess.STDOUT)   # rich logs to stdout
-        wait_for(lambda: "store ingest on" in log.read_text() or self.proc.poll() is not None,
-                 120, "the store to bind its ingest socket", every_s=0.2)
+        try:
+            wait_for(lambda: "store ingest on" in log.read_text() or self.proc.poll() is not None,
+                     120, "the store to bind its ingest socket", every_s=0.2)
+        except BaseException:
+            self.stop()        # never leave a store process behind
+            raise
         assert self.proc.poll() is None, f"store exited with {self.proc.returncode}"
         return self
 

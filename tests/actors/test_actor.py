@@ -85,10 +85,10 @@ def recomputed_log_probs(traj, policy) -> np.ndarray:
 
 @pytest.mark.slow
 def test_groups_versions_swaps_and_log_probs(tmp_path):
-    store = StoreProcess(tmp_path / "store").start()
     versions = {v: micro_weights(v) for v in range(4)}
     policy = build_policy(ModelConfig(preset="micro")).eval()
     policy.load_state_dict(versions[0])      # the actor's own start: version 0
+    store = StoreProcess(tmp_path / "store").start()
     try:
         with WeightPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", chunk_mb=0.05,
                              announce_every_s=0.2) as pub, \

@@ -19,15 +19,17 @@ import torch  # noqa: E402
 
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
+from common.health import HealthMonitor  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from learner.broadcast import WeightPublisher  # noqa: E402
 from tests.actors.helpers import StoreProcess, pushcut, wait_for  # noqa: E402
 
 
-def start_actor(store: StoreProcess, weights: str, announce: str, *overrides: str
-                ) -> subprocess.Popen:
+def start_actor(store: StoreProcess, weights: str, announce: str, beats: str,
+                *overrides: str) -> subprocess.Popen:
     return pushcut("actor", f"actor.store_address={store.address}",
                    f"actor.weights_address={weights}", f"actor.announce_address={announce}",
+                   f"actor.heartbeat_address={beats}", "actor.heartbeat_s=0.5",
                    "actor.resend_after_s=0.5", "actor.log_every_s=1", *overrides,
                    stdout=subprocess.PIPE, text=True)
 
@@ -38,6 +40,16 @@ def finish(proc: subprocess.Popen, timeout_s: float = 300) -> dict:
     assert proc.returncode == 0, f"actor exited with {proc.returncode}"
     line = next(ln for ln in out.splitlines() if ln.startswith("actor stopped: "))
     return json.loads(line[len("actor stopped: "):])
+
+
+def heard_from(health: HealthMonitor) -> set[str]:
+    health.poll(0)
+    return {h.actor_id for h in health.report()}
+
+
+def micro_weights(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return build_policy(ModelConfig(preset="micro")).state_dict()
 
 
 def replay(env: TabletopEnv, traj) -> tuple[int, bool]:
@@ -54,18 +66,16 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
     """Actor "expert" (scripted expert, 4 groups) and actor "model" (micro tiny VLA, until
     SIGTERM) stream into one store, which is SIGKILLed and restarted mid-stream while the
     learner publishes a new version."""
+    v1, v2 = micro_weights(1), micro_weights(2)
+    health = HealthMonitor("tcp://127.0.0.1:*")
     store = StoreProcess(tmp_path / "store").start()
-    torch.manual_seed(1)
-    v1 = build_policy(ModelConfig(preset="micro")).state_dict()
-    torch.manual_seed(2)
-    v2 = build_policy(ModelConfig(preset="micro")).state_dict()
     common = ("algo.group_size=2", "actor.num_envs=2", "actor.flush_timeout_s=120")
     procs = []
     try:
         with WeightPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", chunk_mb=0.05,
                              announce_every_s=0.2) as pub:
             pub.publish(1, v1)                     # the learner is up before the actors
-            addresses = (pub.weights_address, pub.announce_address)
+            addresses = (pub.weights_address, pub.announce_address, health.address)
             procs = [start_actor(store, *addresses, *common, "actor.policy=expert",
                                  "env.tasks=[goal/3,spatial/1]", "actor.max_groups=4",
                                  "actor.actor_id=expert"),
@@ -81,6 +91,7 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
             summary_expert = finish(procs[0])
             wait_for(lambda: store.by_actor()["model"] >= 4, 300, "the model actor's groups",
                      every_s=0.5)
+            wait_for(lambda: heard_from(health) == {"expert", "model"}, 60, "heartbeats")
             procs[1].send_signal(signal.SIGTERM)
             summary_model = finish(procs[1], 120)
         groups = store.groups()
@@ -90,6 +101,7 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
             if p.poll() is None:
                 p.kill()
         store.stop()
+        health.close()
     assert stats["groups"] == stats["complete_groups"] == len(groups)   # no partial group
     for s in (summary_expert, summary_model):
         # every trajectory sent was acknowledged, and every group acknowledged is stored
@@ -98,7 +110,15 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
     acked = (tmp_path / "acks.log").read_text().split()
     assert len(acked) == len(set(acked)) == summary_model["acked"]
     assert not store.missing(acked)
-    assert store_counts(groups) == {"expert": 4, "model": summary_model["groups"]}
+    assert Counter(g[0].actor_id for g in groups.values()) == \
+        {"expert": 4, "model": summary_model["groups"]}
+    versions = check_groups(groups)
+    # the model actor started from the learner's v1 and took v2 mid-run
+    assert min(versions) == 1 and versions[2] >= 1 and set(versions) == {1, 2}
+
+
+def check_groups(groups: dict) -> Counter:
+    """Members consistent, expert successes replayed in the env; -> model groups by version."""
     env = TabletopEnv(EnvConfig(tasks=["goal/3", "spatial/1"]))
     versions = Counter()
     for group in groups.values():
@@ -112,9 +132,4 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
                 assert t.success and replay(env, t) == (t.length, True)
         else:
             versions[first.policy_version] += 1
-    # the model actor started from the learner's v1 and took v2 mid-run
-    assert min(versions) == 1 and versions[2] >= 1 and set(versions) == {1, 2}
-
-
-def store_counts(groups: dict) -> Counter:
-    return Counter(g[0].actor_id for g in groups.values())
+    return versions

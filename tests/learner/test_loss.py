@@ -153,7 +153,7 @@ def test_kl_and_entropy_terms_match_naive():
         kl_sum += float((torch.exp(lr) - lr - 1).mean()) / len(adv)
         ent_sum += float(entropy.detach()[rows][m].mean()) / len(adv)
     assert math.isclose(float(stats["kl_ref"]), kl_sum, rel_tol=1e-5)
-    assert math.isclose(float(full - base), 0.1 * kl_sum - 0.01 * ent_sum, rel_tol=1e-4)
+    assert math.isclose(float((full - base).detach()), 0.1 * kl_sum - 0.01 * ent_sum, rel_tol=1e-4)
     assert torch.autograd.grad(full, entropy)[0][mask].lt(0).all()   # bonus raises entropy
     with pytest.raises(ValueError, match="ref_log_probs"):
         vector_loss(traj_index, mask, b, p, l, adv, kl_coef=0.1)
