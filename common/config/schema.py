@@ -151,7 +151,9 @@ class SftConfig:
     augment_shift: int = 4            # random image shifts of up to this many pixels (0 = off)
     eval_episodes_per_task: int = 10  # closing held-out evaluation (0 = skip)
     checkpoint_every: int = 500
-    threads: Optional[int] = None     # torch CPU threads (None = torch's default)
+    # torch CPU threads. 1: with other processes busy on a small machine, torch's OpenMP
+    # threads wait on each other (measured 17x slower per step with 2 threads on 2 cores).
+    threads: Optional[int] = 1
 
 
 @dataclass

@@ -7,8 +7,9 @@
 
 Registry: ``tiny_vla`` (common/models/tiny_vla.py) and ``openvla_oft``
 (common/models/openvla_oft.py). Model modules are imported only when used. A registered
-class is a ``PreTrainedModel`` with ``from_pretrained`` and a classmethod
-``from_model_config(model_cfg, action_stats) -> Policy`` for fresh weights.
+class is a ``PreTrainedModel`` with ``from_pretrained``, a classmethod
+``from_model_config(model_cfg, action_stats) -> Policy`` for fresh weights, and optionally
+``MODEL_TYPES`` (the config.json model_types it loads; default its config's model_type).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
             cls = policy_class(name)
         except ImportError:
             continue   # a model whose module (or its dependencies) is absent here
-        if getattr(cls.config_class, "model_type", None) == model_type:
+        accepted = getattr(cls, "MODEL_TYPES", (cls.config_class.model_type,))
+        if model_type in accepted:
             return cls.from_pretrained(str(path)).to(device).eval()
     raise ValueError(f"{path}: model_type {model_type!r} matches no registered policy "
                      f"({sorted(REGISTRY)})")
