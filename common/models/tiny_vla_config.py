@@ -16,7 +16,7 @@ from transformers import PretrainedConfig
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 input: 16 patch + 8 keypoint + 8 text + 1 proprio + C action-query tokens
     # = 41 tokens, 4 layers (sized for SFT on 2 CPU cores).
-    "default": dict(d_model=128, n_layers=4, n_heads=4, mlp_ratio=2,
+    "default": dict(d_model=128, n_layers=4, n_heads=4, mlp_ratio=3,
                     vision_channels=[16, 32, 64], keypoints=32, max_text_len=128,
                     text_stride=16),
     # For tests: the same computation at a fraction of the cost.
