@@ -60,7 +60,9 @@ class ActorStats:
     episodes: int = 0
     successes: int = 0
     env_steps: int = 0
-    dropped_episodes: int = 0      # unfinished groups at shutdown
+    dropped_episodes: int = 0      # unfinished groups at shutdown, or dropped after crashes
+    worker_restarts: int = 0       # env workers restarted after dying or hanging
+    rerun_episodes: int = 0        # episodes lost with a crashed worker and re-run
     swaps: int = 0
     wait_s: float = 0.0
     by_version: dict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -177,6 +179,8 @@ class Actor:
         s.rounds += 1
         s.groups += len(groups)
         s.dropped_episodes += dropped
+        s.worker_restarts = self.rollout.worker_restarts
+        s.rerun_episodes = self.rollout.rerun_episodes
         for g in groups:
             s.episodes += len(g)
             s.successes += sum(ep.success for ep in g)

@@ -152,7 +152,8 @@ class ProgressLog:
                 f"{(steps - steps0) / max(now - t0, 1e-9):.0f} env steps/s | "
                 f"episodes {s.episodes} (+{window_eps}, success {rate}) | groups {s.groups} | "
                 f"acked {c['acked']}/{c['sent']} in flight {self.sender.in_flight} | "
-                f"waited {s.wait_s:.1f}s")
+                f"waited {s.wait_s:.1f}s"
+                + (f" | env worker restarts {s.worker_restarts}" if s.worker_restarts else ""))
 
     def _run(self) -> None:
         beats = HeartbeatSender(*self._heartbeat_args)   # its socket lives in this thread
@@ -176,6 +177,7 @@ def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: floa
             "groups": s.groups, "episodes": s.episodes, "successes": s.successes,
             "env_steps": s.env_steps, "env_steps_per_s": s.env_steps / max(elapsed, 1e-9),
             "dropped_episodes": s.dropped_episodes, "swaps": s.swaps,
+            "worker_restarts": s.worker_restarts, "rerun_episodes": s.rerun_episodes,
             "by_version": {str(k): v for k, v in sorted(s.by_version.items())},
             "flushed": flushed, **sender.stats()}
 

@@ -11,7 +11,10 @@ observation every C control steps), or on every step when a video is being recor
 Subprocess workers (heavy simulators such as LIBERO) are separate OS processes started with
 ``python -m actors.env_workers ADDRESS ENV_CONFIG_JSON SEED``; they talk over a ZeroMQ PAIR
 socket on an ipc:// path, msgpack maps with arrays as ``{dtype, shape, data}`` (never
-pickle). A worker process exits when its parent goes away.
+pickle). A worker process exits when its parent goes away. Every request has a deadline and
+the child's liveness is polled while waiting: a dead or hung worker raises EnvWorkerError and
+``restart()`` replaces it (VectorRollout re-runs the lost episode). LIBERO workers (2-3 GB
+each) are capped at what fits in free memory (:func:`libero_worker_count`).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from actors.envs.base import TaskEnv, TaskSpec
+from actors.envs.base import StepResult, TaskEnv, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -146,32 +149,54 @@ def _loads(raw: bytes) -> Any:
 # -- subprocess worker: parent side -------------------------------------------------------
 class SubprocessWorker:
     """One env in its own OS process. Also a blocking :class:`TaskEnv`, so evaluation can use
-    it like any env."""
+    it like any env. Every request has a deadline and the process's liveness is checked while
+    waiting, so a dead or hung worker raises :class:`EnvWorkerError` instead of blocking;
+    :meth:`restart` then replaces the process."""
 
     def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
-                 reply_timeout_s: float = 600.0, wait: bool = True,
-                 context: zmq.Context | None = None):
-        self._dir = tempfile.mkdtemp(prefix="pushcut-env-")
-        self.address = f"ipc://{self._dir}/w"
+                 reply_timeout_s: float = 600.0, send_timeout_s: float = 30.0,
+                 wait: bool = True, context: zmq.Context | None = None):
+        self._cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
+        self.seed = seed
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PAIR)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(self.address)
         self.reply_timeout_s = reply_timeout_s
-        cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_workers",
-                                      self.address, cfg_json, str(seed)])
-        self._pending: str | None = "hello"
+        self.send_timeout_s = send_timeout_s
         self._start_timeout_s = start_timeout_s
         self._tasks: list[TaskSpec] | None = None
+        self.restarts = 0
+        self._spawn()
         if wait:
             self.wait_ready()
 
+    def _spawn(self) -> None:
+        """A fresh socket on a fresh ipc path and a child process that connects to it."""
+        self._dir = tempfile.mkdtemp(prefix="pushcut-env-")
+        self.address = f"ipc://{self._dir}/w"
+        self._sock = self._ctx.socket(zmq.PAIR)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(self.address)
+        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_workers",
+                                      self.address, self._cfg_json, str(self.seed)])
+        self._pending: str | None = "hello"
+
     def wait_ready(self) -> None:
         """Wait for the child to have built its env (start several, then wait on each)."""
-        if self._tasks is None:
+        if self._pending == "hello":
             self._await("hello", self._start_timeout_s)
+        if self._tasks is None:
             self._tasks = [TaskSpec(**t) for t in self._call({"op": "tasks"})]
+
+    def restart(self) -> None:
+        """Kill this worker's process (dead, hung or healthy) and start a fresh one with the
+        same env config and seed; returns once it is ready. Raises EnvWorkerError if the new
+        one cannot start."""
+        old = self.proc.pid
+        self._discard_process()
+        self._spawn()
+        self.restarts += 1
+        self.wait_ready()
+        log.warning("env worker pid %d replaced by pid %d (restart %d of this slot)",
+                    old, self.proc.pid, self.restarts)
 
     # async interface used by VectorRollout
     def start_reset(self, task_id: str, init_state_id: int) -> None:
@@ -208,7 +233,6 @@ class SubprocessWorker:
         return self.result()[0]
 
     def step(self, action: np.ndarray, render: bool = True):
-        from actors.envs.base import StepResult
         value = self._call({"op": "step", "action": pack_array(np.asarray(action, np.float32)),
                             "render": bool(render)})
         return StepResult(_unpack_obs(value["obs"]), value["success"], value["done"])
@@ -227,13 +251,29 @@ class SubprocessWorker:
         self._sock.close(0)
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def _discard_process(self) -> None:
+        """SIGKILL (works on hung and stopped processes too), reap, drop socket and path."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._sock.close(0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     # plumbing
     def _send(self, msg: dict[str, Any]) -> None:
         if self._pending is not None:
             raise EnvWorkerError(f"env worker {self.proc.pid}: {msg['op']} sent before the "
                                  f"result of {self._pending} was read")
+        code = self.proc.poll()
+        if code is not None:
+            raise EnvWorkerError(f"env worker {self.proc.pid} exited with code {code} "
+                                 f"before {msg['op']}")
+        # a PAIR socket blocks a send while its peer is gone: bound it
+        if not self._sock.poll(int(self.send_timeout_s * 1000), zmq.POLLOUT):
+            raise EnvWorkerError(f"env worker {self.proc.pid}: could not send {msg['op']} "
+                                 f"in {self.send_timeout_s}s")
+        self._sock.send(_dumps(msg), zmq.NOBLOCK)
         self._pending = msg["op"]
-        self._sock.send(_dumps(msg))
 
     def _call(self, msg: dict[str, Any]) -> Any:
         self._send(msg)
@@ -316,12 +356,43 @@ def worker_main(address: str, env_cfg_json: str, seed: int) -> int:
     return 0
 
 
-def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool
+def libero_worker_count(requested: int, available_bytes: int | None = None,
+                        force: bool = False) -> int:
+    """How many LIBERO env workers to start: ``requested`` lowered to what fits in memory
+    (``available_bytes``, default: psutil's figure now), with a warning when lowered. When not
+    even one fits: EnvWorkerError, unless ``force`` (then 1, with a warning)."""
+    import psutil
+
+    from actors.envs.libero import RESERVE_BYTES, WORKER_BYTES, libero_workers_that_fit
+    if available_bytes is None:
+        available_bytes = psutil.virtual_memory().available
+    gb = 1 << 30
+    fit = (available_bytes - RESERVE_BYTES) // WORKER_BYTES
+    figures = (f"{WORKER_BYTES / gb:.1f} GB per LIBERO env worker + {RESERVE_BYTES / gb:.1f} "
+               f"GB reserve, {available_bytes / gb:.1f} GB available")
+    if fit < 1 and not force:
+        raise EnvWorkerError(f"not even one LIBERO env worker fits in memory ({figures}); "
+                             "free memory, or force one worker with env.force_workers=true")
+    count = libero_workers_that_fit(requested, available_bytes)
+    if count < requested or fit < 1:
+        log.warning("LIBERO: %d env workers requested, %d fit%s (%s); starting %d", requested,
+                    max(fit, 0), "" if fit >= 1 else ", forced", figures, count)
+    return count
+
+
+def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *,
+                 available_bytes: int | None = None, force: bool = False
                  ) -> list[InProcessWorker | SubprocessWorker]:
-    """``num_envs`` workers; LIBERO always runs in subprocesses."""
+    """``num_envs`` workers; LIBERO always runs in subprocesses, as many as fit in memory
+    (:func:`libero_worker_count`; ``available_bytes`` and ``force`` or
+    ``env_cfg.force_workers`` go to it)."""
     if num_envs < 1:
         raise ValueError(f"actor.num_envs must be >= 1, got {num_envs}")
-    if use_subprocess or getattr(env_cfg, "name", None) == "libero":
+    libero = getattr(env_cfg, "name", None) == "libero"
+    if libero:
+        num_envs = libero_worker_count(num_envs, available_bytes,
+                                       force or bool(getattr(env_cfg, "force_workers", False)))
+    if use_subprocess or libero:
         workers: list = []
         try:
             for i in range(num_envs):   # start all, then wait: the imports overlap

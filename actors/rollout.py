@@ -9,21 +9,30 @@ then every env executes its chunk of C actions, rendering only on the chunk's la
 or step limit) stops stepping and takes the next pending request, if any. Reward: success
 reported by the env before its step limit.
 
+A subprocess env worker that dies or stops answering (EnvWorkerError) is restarted in its
+slot and the episode it was running is discarded and re-run from its reset, once: members of
+a group are independent samples of the same (task, init state, policy), so a re-run member is
+as valid as the lost one. If the re-run is lost too, the whole group is dropped (its other
+members are cancelled and not returned), so no group is ever returned incomplete by a crash.
+
 Used by :class:`actors.actor.Actor` (groups at temperature T) and ``pushcut eval``.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from actors.env_workers import ChunkResult, InProcessWorker
+from actors.env_workers import ChunkResult, EnvWorkerError, InProcessWorker
 from actors.envs.base import TaskSpec
 from common.policy import ObsBatch, Policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +121,12 @@ class VectorRollout:
         self.policy = policy
         self.specs: dict[str, TaskSpec] = {t.task_id: t for t in self.workers[0].tasks()}
         self.env_steps = 0    # every control step executed, dropped episodes included
+        self.worker_restarts = 0        # env workers replaced after dying or hanging
+        self.rerun_episodes = 0         # episodes lost to a worker crash and re-queued
+        self.dropped_groups = 0         # groups dropped after a member was lost twice
+        self.max_reruns = 1             # re-runs of one request before its group is dropped
+        self.max_crashes_in_a_row = 3 * len(self.workers)   # then the env itself is broken
+        self._crashes_in_a_row = 0
 
     def run(self, requests: Sequence[EpisodeRequest], temperature: float,
             generator: torch.Generator | None = None,
@@ -125,37 +140,94 @@ class VectorRollout:
         pending = deque(enumerate(requests))
         slots: list[_Slot | None] = [None] * len(self.workers)
         done: dict[int, Episode] = {}
+        lost: Counter = Counter()        # request index -> times lost to a crash
         while not (should_stop and should_stop()):
-            self._start_episodes(slots, pending)
+            self._recover(self._start_episodes(slots, pending), slots, pending, done, lost)
             active = [i for i, s in enumerate(slots) if s is not None]
             if not active:
+                if pending:    # every reset crashed: the requests went back to pending
+                    continue
                 break
-            self._decide_and_step(slots, active, temperature, generator)
+            crashed = self._decide_and_step(slots, active, temperature, generator)
             for i in active:
                 slot = slots[i]
-                if slot.obs is None:   # episode over
+                if i not in crashed and slot.obs is None:   # episode over
                     done[slot.index] = slot.finish(self.policy.chunk_size, self.policy.action_dim)
                     slots[i] = None
+                    self._crashes_in_a_row = 0
+            self._recover(crashed, slots, pending, done, lost)
         return [done[i] for i in sorted(done)]
 
-    def _start_episodes(self, slots: list[_Slot | None], pending: deque) -> None:
-        """Reset every idle worker onto the next pending request (resets run in parallel)."""
-        started = []
+    def _recover(self, crashed: dict[int, EnvWorkerError], slots: list, pending: deque,
+                 done: dict[int, Episode], lost: Counter) -> None:
+        """Restart each crashed worker; re-queue its episode, or drop the episode's group."""
+        for i, err in crashed.items():
+            worker, slot = self.workers[i], slots[i]
+            if not hasattr(worker, "restart"):
+                raise err
+            self._crashes_in_a_row += 1
+            if self._crashes_in_a_row > self.max_crashes_in_a_row:
+                raise EnvWorkerError(f"{self._crashes_in_a_row} env worker crashes in a row "
+                                     f"without a finished episode; last: {err}") from err
+            slots[i] = None
+            worker.restart()
+            self.worker_restarts += 1
+            if slot is None:       # its group was dropped by an earlier crash in this batch
+                continue
+            req = slot.request
+            lost[slot.index] += 1
+            if lost[slot.index] <= self.max_reruns:
+                pending.appendleft((slot.index, req))
+                self.rerun_episodes += 1
+                log.warning("env worker %d failed (%s); restarted; episode %d of group %s "
+                            "discarded and re-run", i, err, slot.index, req.group_id)
+                continue
+            self.dropped_groups += 1
+            log.warning("env worker %d failed (%s); restarted; group %s lost a member twice "
+                        "and is dropped", i, err, req.group_id)
+            self._drop_group(req.group_id, slots, pending, done)
+
+    @staticmethod
+    def _drop_group(group_id: str, slots: list, pending: deque, done: dict) -> None:
+        """Forget every member of ``group_id``: pending, running (workers idle now), done."""
+        for i, s in enumerate(slots):
+            if s is not None and s.request.group_id == group_id:
+                slots[i] = None
+        kept = [(k, r) for k, r in pending if r.group_id != group_id]
+        pending.clear()
+        pending.extend(kept)
+        for k in [k for k, ep in done.items() if ep.request.group_id == group_id]:
+            del done[k]
+
+    def _start_episodes(self, slots: list[_Slot | None], pending: deque
+                        ) -> dict[int, EnvWorkerError]:
+        """Reset every idle worker onto the next pending request (resets run in parallel).
+        -> the workers that failed, with their errors."""
+        started, crashed = [], {}
         for i, slot in enumerate(slots):
             if slot is None and pending:
                 index, req = pending.popleft()
                 slots[i] = _Slot(index, req, self.specs[req.task_id])
-                self.workers[i].start_reset(req.task_id, req.init_state_id)
-                started.append(i)
+                try:
+                    self.workers[i].start_reset(req.task_id, req.init_state_id)
+                    started.append(i)
+                except EnvWorkerError as err:
+                    crashed[i] = err
         for i in started:
-            obs, env_s = self.workers[i].result()
+            try:
+                obs, env_s = self.workers[i].result()
+            except EnvWorkerError as err:
+                crashed[i] = err
+                continue
             slots[i].obs, slots[i].env_s = obs, env_s
             if slots[i].request.record_video:
                 slots[i].frames.append(obs["images"][0])
+        return crashed
 
     def _decide_and_step(self, slots: list, active: list[int], temperature: float,
-                         generator: torch.Generator | None) -> None:
-        """One batched forward pass for ``active`` workers, then one chunk on each."""
+                         generator: torch.Generator | None) -> dict[int, EnvWorkerError]:
+        """One batched forward pass for ``active`` workers, then one chunk on each.
+        -> the workers that failed, with their errors."""
         batch = ObsBatch(
             images=np.stack([slots[i].obs["images"] for i in active]),
             proprio=np.stack([slots[i].obs["proprio"] for i in active]).astype(np.float32),
@@ -168,6 +240,7 @@ class VectorRollout:
         log_probs = log_probs.detach().float().cpu().numpy()
         actions = np.asarray(self.policy.tokens_to_actions(tokens), dtype=np.float32)
         share = (time.perf_counter() - t0) / len(active)
+        crashed: dict[int, EnvWorkerError] = {}
         for j, i in enumerate(active):
             slot = slots[i]
             slot.images.append(batch.images[j])
@@ -177,9 +250,19 @@ class VectorRollout:
             slot.log_probs.append(log_probs[j])
             slot.inference_s += share
             steps_left = slot.spec.max_steps - slot.length
-            self.workers[i].start_chunk(actions[j], steps_left, slot.request.record_video)
+            try:
+                self.workers[i].start_chunk(actions[j], steps_left, slot.request.record_video)
+            except EnvWorkerError as err:
+                crashed[i] = err
         for i in active:
-            res = self.workers[i].result()
+            if i in crashed:
+                continue
+            try:
+                res = self.workers[i].result()
+            except EnvWorkerError as err:
+                crashed[i] = err
+                continue
             slots[i].add_chunk(res)
             self.env_steps += res.steps
+        return crashed
 

@@ -24,6 +24,7 @@ class EnvConfig:
     center_crop: bool = False         # LIBERO: OpenVLA-style centre crop
     center_crop_scale: float = 0.9    # LIBERO: area fraction kept by the centre crop (OpenVLA: 0.9)
     render_size: Optional[int] = None # LIBERO: pixels rendered before the resize to image_size
+    force_workers: bool = False       # LIBERO: start one env worker even when none fits in free memory
                                       # (OpenVLA-OFT: 256); None = render at image_size
 
 
@@ -114,6 +115,10 @@ class LearnerConfig:
     backend: str = "auto"             # auto: nccl on cuda, gloo on cpu
     bf16: bool = False
     max_versions: Optional[int] = None  # stop after this many optimiser steps
+    max_wall_s: Optional[float] = None  # ... or after this many seconds since the learner started
+                                        # (carried over a resume by the checkpoint)
+    snapshot_every: int = 0           # policy snapshot to <run_dir>/snapshots every this many
+                                      # versions and at the end, never pruned (0 = none)
     checkpoint_dir: str = "runs/checkpoints"
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
@@ -135,6 +140,9 @@ class DemosConfig:
     per_task: int = 50                # successful demos kept per task (failures are retried)
     noise: float = 0.0                # std of gaussian noise on the expert's actions in [-1, 1]
     out: str = "runs/demos"           # dataset directory; must not hold a dataset yet
+    # observe every obs_stride env steps (1: every step, as BC pipelines train; the policy's
+    # chunk_size C: only where the policy decides, C times fewer training decisions)
+    obs_stride: int = 1
 
 
 @dataclass
@@ -149,6 +157,7 @@ class SftConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     augment_shift: int = 4            # random image shifts of up to this many pixels (0 = off)
+    label_sigma: float = 3.0          # gaussian target over neighbouring bins, in bins (0 = one-hot)
     eval_episodes_per_task: int = 10  # closing held-out evaluation (0 = skip)
     checkpoint_every: int = 500
     # torch CPU threads. 1: with other processes busy on a small machine, torch's OpenMP
