@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("learner.sft:main", "supervised warm start of a policy on demonstrations"),
     "eval": ("actors.evaluate:main", "held-out success per task and family, videos, JSON"),
     "bench": ("common.bench:main", "throughput benchmarks: ingest | env | actor | learner | policy"),
+    "experiment": ("learner.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
     "report": ("learner.report:main", "learning curves (PNG) and tables from run directories"),
     "setup": ("actors.libero_setup:main", "setup libero: install and verify the real LIBERO assets"),
     "keys": ("common.security:main", "generate CurveZMQ key pairs"),
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE = "usage: pushcut <command> [args...] [key=value ...]\n\ncommands:\n" + "\n".join(
-    f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()
+    f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()
 ) + "\n\nConfig overrides use Hydra syntax, e.g. `pushcut store store.path=/tmp/x`.\n" \
     "`pushcut <command> --cfg` prints the composed config and exits."
 

@@ -33,6 +33,17 @@ def register_configs() -> None:
     _registered = True
 
 
+# optional groups that the root config does not list: ``experiment=NAME`` selects
+# configs/experiment/NAME.yaml (``# @package _global_``: it sets fields of any group)
+OPTIONAL_GROUPS = ("experiment",)
+
+
+def _select_optional_groups(overrides: Sequence[str]) -> list[str]:
+    """``experiment=NAME`` -> ``+experiment=NAME`` (Hydra's spelling for a group that is not
+    in the defaults list), appended after the root config so that it overrides it."""
+    return [f"+{o}" if o.split("=", 1)[0] in OPTIONAL_GROUPS else o for o in overrides]
+
+
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> PushcutConfig:
     """Compose ``configs/<config_name>.yaml`` with CLI-style overrides into a PushcutConfig.
 
@@ -41,7 +52,7 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> P
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=_select_optional_groups(overrides))
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, PushcutConfig), type(obj)
     return obj

@@ -187,6 +187,7 @@ class BenchConfig:
     out: Optional[str] = None
     ingest_in_flight: int = 2         # ingest: unacknowledged trajectories per producer
     ingest_store_mb: int = 256        # ingest: bench store capacity in MB (it runs full, evicting)
+    ingest_paced_load: float = 0.5    # ingest: paced phase offers this share of the saturated rate
 
 
 @dataclass
