@@ -19,11 +19,13 @@ generates. Ray appears nowhere outside ``deploy/``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict
 from typing import Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from common.config import PushcutConfig
 from deploy.supervisor import ProcessSupervisor, role_argv
@@ -36,14 +38,22 @@ SCALE_ACTOR = "pushcut-desired-actors"
 class RoleHost:
     """Supervises one or more pushcut role processes on the node Ray placed it on."""
 
-    def __init__(self, roles: dict[str, list[str]], env: dict[str, str], log_dir: str):
+    def __init__(self, roles: dict[str, list[str]], env: dict[str, str], log_dir: str,
+                 cwd: Optional[str] = None):
+        # Ray restarts this actor in a new worker after a SIGKILL; the children of the dead
+        # worker get SIGTERM from the kernel (die_with_parent), and the pid files let this
+        # incarnation finish off any that linger before it starts their replacements.
+        cwd = cwd if cwd and os.path.isdir(cwd) else None
         self.sups = {name: ProcessSupervisor(name, role_argv(role_and_args[0], role_and_args[1:]),
-                                             env=env, log_path=f"{log_dir}/{name}.log").start()
+                                             env=env, log_path=f"{log_dir}/{name}.log",
+                                             cwd=cwd, die_with_parent=True,
+                                             pid_file=f"{log_dir}/{name}.pid").start()
                      for name, role_and_args in roles.items()}
         self._stopping = False
 
-    def node_ip(self) -> str:
-        return ray.util.get_node_ip_address()
+    def node(self) -> tuple[str, str]:
+        """-> (node IP, Ray node id) of the node this host runs on."""
+        return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
 
     def watch(self, poll_s: float = 0.5) -> dict:
         """Blocks, restarting dead children, until stop() or every child finished with 0."""
@@ -105,7 +115,9 @@ class Deployment:
     def __init__(self, cfg: PushcutConfig, overrides: list[str]):
         self.cfg, self.overrides = cfg, [o for o in overrides if not o.startswith("deploy.")]
         self.env = {"PYTHONUNBUFFERED": "1"}
-        self.log_dir = f"{cfg.run_dir}/logs"
+        # relative paths in the config mean the driver's directory, wherever Ray starts workers
+        self.cwd = os.getcwd()
+        self.log_dir = os.path.abspath(f"{cfg.run_dir}/logs")
         self.head = None
         self.actors: dict[str, tuple[ray.actor.ActorHandle, ray.ObjectRef]] = {}
         self.next_index = 0
@@ -118,13 +130,16 @@ class Deployment:
                          max_restarts=d.max_restarts, max_task_retries=-1)
         if d.head_resource:
             head_opts["resources"] = {d.head_resource: 0.001}
+        # The probe finds a node with the head's resources; the head is then pinned to it, so
+        # the address advertised to actors is where the store and learner really listen.
         probe = RoleHost.options(**head_opts).remote({}, self.env, self.log_dir)
-        host_ip = ray.get(probe.node_ip.remote())
+        host_ip, node_id = ray.get(probe.node.remote())
         ray.kill(probe)
+        head_opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
         self.addresses = role_overrides(self.cfg, d.advertise_host or host_ip, d.bind_host)
         roles = {"store": ["store", *self.overrides, *self.addresses["store"]],
                  "learner": ["learner", *self.overrides, *self.addresses["learner"]]}
-        self.head = RoleHost.options(**head_opts).remote(roles, self.env, self.log_dir)
+        self.head = RoleHost.options(**head_opts).remote(roles, self.env, self.log_dir, self.cwd)
         self.head_watch = self.head.watch.remote()
         self.desired = DesiredActors.options(name=SCALE_ACTOR, namespace=d.namespace,
                                              get_if_exists=True).remote(self.cfg.num_actors)
@@ -138,7 +153,7 @@ class Deployment:
         argv = ["actor", *self.overrides, *self.addresses["actor"], f"actor.actor_id={name}"]
         host = RoleHost.options(num_cpus=d.actor_cpus, num_gpus=d.actor_gpus,
                                 max_restarts=d.max_restarts, max_task_retries=-1
-                                ).remote({name: argv}, self.env, self.log_dir)
+                                ).remote({name: argv}, self.env, self.log_dir, self.cwd)
         self.actors[name] = (host, host.watch.remote())
 
     def _remove_actor(self) -> None:
@@ -189,7 +204,13 @@ def main(cfg: PushcutConfig, args: list[str], overrides: Optional[list[str]] = N
     overrides = list(overrides or [])
     if args[:1] == ["scale"] and len(args) == 2:
         _connect(cfg)
-        n = ray.get(ray.get_actor(SCALE_ACTOR, namespace=cfg.deploy.namespace).set.remote(int(args[1])))
+        try:
+            desired = ray.get_actor(SCALE_ACTOR, namespace=cfg.deploy.namespace)
+        except ValueError:
+            print(f"pushcut deploy scale: no running deployment in Ray namespace "
+                  f"{cfg.deploy.namespace!r} at {cfg.deploy.address}", file=sys.stderr)
+            return 1
+        n = ray.get(desired.set.remote(int(args[1])))
         print(f"desired actors: {n}")
         return 0
     if args:

@@ -3,11 +3,13 @@
     pushcut soak 600 num_actors=2 run_dir=runs/soak       # seconds, then the usual overrides
 
 In: the duration in seconds and the config; out: a table of RSS (MiB, each role's process
-tree: env workers and FSDP ranks included) and the store's size on disk sampled every
-``soak_every_s`` seconds, written to ``<run_dir>/soak.jsonl`` and summarised at the end (first,
-peak and last RSS per process, growth per hour). The roles run as separate OS processes under
-:class:`~deploy.supervisor.ProcessSupervisor`, exactly as ``pushcut run`` would start them;
-a role that dies is restarted and the restart is reported.
+tree: env workers and FSDP ranks included), the store's size on disk and the learner's
+policy_version, sampled every 10 s (or duration/20 if shorter), written to
+``<run_dir>/soak.jsonl`` and summarised at the end (first, peak and last RSS per process,
+growth per hour: the least-squares slope after start-up). Unless overridden, the store and
+checkpoints live under ``run_dir``, so a soak never touches another run's files. The roles
+run as separate OS processes under :class:`~deploy.supervisor.ProcessSupervisor`, exactly as
+``pushcut run`` would start them; a role that dies is restarted and the restart is reported.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -48,6 +51,41 @@ def dir_size_mb(path: str) -> float:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
 
 
+def run_local_paths(cfg, overrides: list[str]) -> tuple[list[str], str]:
+    """-> (``overrides`` plus store.path/learner.checkpoint_dir under ``run_dir`` unless
+    given, the store path in effect)."""
+    given = lambda key: any(o.lstrip("+").startswith(key + "=") for o in overrides)  # noqa: E731
+    extra = [f"{key}={cfg.run_dir}/{leaf}" for key, leaf in
+             (("store.path", "store"), ("learner.checkpoint_dir", "checkpoints"))
+             if not given(key)]
+    store_path = cfg.store.path if given("store.path") else f"{cfg.run_dir}/store"
+    return [*overrides, *extra], store_path
+
+
+class VersionTail:
+    """The newest policy_version in ``learner.jsonl``, reading only what was appended."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.version = path, 0, 0
+
+    def read(self) -> int:
+        if not self.path.exists():
+            return self.version
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break   # a line still being written: read it next time
+                self.offset += len(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("event") == "update":
+                    self.version = max(self.version, int(row.get("policy_version", 0)))
+        return self.version
+
+
 def start_roles(cfg, overrides: list[str]) -> dict[str, ProcessSupervisor]:
     logs = Path(cfg.run_dir) / "logs"
     sups = {"store": ProcessSupervisor("store", role_argv("store", overrides),
@@ -64,8 +102,10 @@ def start_roles(cfg, overrides: list[str]) -> dict[str, ProcessSupervisor]:
     return sups
 
 
-def sample(sups: dict[str, ProcessSupervisor], store_path: str, t0: float) -> dict:
-    row = {"t_s": round(time.monotonic() - t0, 1), "store_mb": round(dir_size_mb(store_path), 2)}
+def sample(sups: dict[str, ProcessSupervisor], store_path: str, t0: float,
+           versions: VersionTail) -> dict:
+    row = {"t_s": round(time.monotonic() - t0, 1), "store_mb": round(dir_size_mb(store_path), 2),
+           "policy_version": versions.read()}
     for name, s in sups.items():
         s.poll()
         row[name] = round(tree_rss_mb(s.pid), 1) if s.alive() else 0.0
@@ -73,17 +113,32 @@ def sample(sups: dict[str, ProcessSupervisor], store_path: str, t0: float) -> di
     return row
 
 
+WARMUP_S = 60.0
+
+
+def steady_rows(rows: list[dict]) -> list[dict]:
+    """The samples after start-up (model loading, first allocations): from ``WARMUP_S`` or a
+    quarter of the run, whichever is earlier, so growth per hour measures leaks, not loading."""
+    start = min(WARMUP_S, rows[-1]["t_s"] / 4)
+    return [r for r in rows if r["t_s"] >= start] or rows[-1:]
+
+
 def summarise(rows: list[dict], names: list[str]) -> Table:
-    table = Table(title="soak: RSS per process tree (MiB)")
-    for col in ("process", "first", "peak", "last", "growth MiB/h", "restarts"):
+    """Per process: RSS at start-up and over the steady part of the run (see steady_rows)."""
+    steady = steady_rows(rows)
+    table = Table(title=f"soak: RSS per process tree (MiB); steady from t={steady[0]['t_s']:.0f}s")
+    for col in ("process", "at start", "steady first", "peak", "last", "growth MiB/h",
+                "restarts"):
         table.add_column(col, justify="right" if col != "process" else "left")
-    hours = max((rows[-1]["t_s"] - rows[0]["t_s"]) / 3600, 1e-9)
+    hours = np.array([r["t_s"] for r in steady]) / 3600
     for name in [*names, "store_mb"]:
-        values = [r[name] for r in rows]
+        values = [r[name] for r in steady]
+        # a least-squares slope: the learner's RSS swings with each batch, end points mislead
+        slope = np.polyfit(hours, values, 1)[0] if len(values) > 1 else 0.0
         restarts = str(rows[-1].get(f"{name}.restarts", "")) if name != "store_mb" else ""
         label = "store on disk" if name == "store_mb" else name
-        table.add_row(label, f"{values[0]:.0f}", f"{max(values):.0f}", f"{values[-1]:.0f}",
-                      f"{(values[-1] - values[0]) / hours:+.0f}", restarts)
+        table.add_row(label, f"{rows[0][name]:.0f}", f"{values[0]:.0f}", f"{max(values):.0f}",
+                      f"{values[-1]:.0f}", f"{slope:+.0f}", restarts)
     return table
 
 
@@ -96,12 +151,14 @@ def main(cfg, args: list[str], overrides: list[str] | None = None) -> int:
     out = Path(cfg.run_dir) / "soak.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     console = Console()
-    sups = start_roles(cfg, list(overrides or []))
+    overrides, store_path = run_local_paths(cfg, list(overrides or []))
+    versions = VersionTail(Path(cfg.run_dir) / "learner.jsonl")
+    sups = start_roles(cfg, overrides)
     t0, rows = time.monotonic(), []
     try:
         with open(out, "w") as f:
             while time.monotonic() - t0 < duration:
-                rows.append(sample(sups, cfg.store.path, t0))
+                rows.append(sample(sups, store_path, t0, versions))
                 f.write(json.dumps(rows[-1]) + "\n")
                 f.flush()
                 console.print(" ".join(f"{k}={v}" for k, v in rows[-1].items()
@@ -114,5 +171,7 @@ def main(cfg, args: list[str], overrides: list[str] | None = None) -> int:
             s.stop(30)
     if rows:
         console.print(summarise(rows, list(sups)))
+        console.print(f"policy_version reached: {rows[-1]['policy_version']}; "
+                      f"store on disk: {rows[-1]['store_mb']:.1f} MiB")
         console.print(f"samples written to {out}")
     return 0

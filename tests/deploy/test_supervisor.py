@@ -1,0 +1,82 @@
+"""ProcessSupervisor with real child processes: restarts, and no orphans when the supervisor
+itself is SIGKILLed (the Ray worker case): ``die_with_parent`` and ``pid_file``."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+from deploy.supervisor import ProcessSupervisor, reap_stale
+from tests.ingest_helpers import REPO, wait_until
+
+# a child that runs until it is signalled
+IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_killed_child_is_restarted_and_a_clean_exit_is_not(tmp_path):
+    sup = ProcessSupervisor("idle", IDLE, backoff_s=0.1).start()
+    first = sup.pid
+    try:
+        sup.kill()
+        wait_until(lambda: sup.poll() and sup.pid != first, 30, "a restarted child")
+        assert sup.restarts == 1 and sup.status().exits == [-signal.SIGKILL]
+    finally:
+        sup.stop(10)
+    done = ProcessSupervisor("done", [sys.executable, "-c", "pass"]).start()
+    done.proc.wait(30)
+    assert done.poll() is False and done.restarts == 0
+
+
+def test_a_new_supervisor_reaps_the_child_its_predecessor_left(tmp_path):
+    pid_file = str(tmp_path / "idle.pid")
+    orphan = ProcessSupervisor("idle", IDLE, pid_file=pid_file).start()
+    successor = ProcessSupervisor("idle", IDLE, pid_file=pid_file)
+    try:
+        successor.start()   # as after a Ray restart: the old child must go first
+        wait_until(lambda: gone(orphan.pid), 30, "the orphaned child to be killed")
+        assert successor.alive() and successor.pid != orphan.pid
+        assert reap_stale(str(tmp_path / "missing.pid")) is None
+    finally:
+        successor.stop(10)
+        orphan.stop(10)
+
+
+def test_reap_stale_ignores_a_reused_pid(tmp_path):
+    other = subprocess.Popen(IDLE)
+    try:
+        (tmp_path / "x.pid").write_text(f"{other.pid} 12345.0\n")   # same pid, other start time
+        assert reap_stale(str(tmp_path / "x.pid")) is None
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait(10)
+
+
+def test_children_die_with_a_sigkilled_supervisor(tmp_path):
+    body = textwrap.dedent(f"""
+        from deploy.supervisor import ProcessSupervisor
+        import signal, sys
+        sup = ProcessSupervisor("idle", {IDLE!r}, die_with_parent=True).start()
+        print(sup.pid, flush=True)
+        signal.pause()
+    """)
+    host = subprocess.Popen([sys.executable, "-c", body], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    child = int(host.stdout.readline())
+    try:
+        assert not gone(child)
+        host.kill()            # no stop(), no finally: only the kernel can tell the child
+        host.wait(30)
+        wait_until(lambda: gone(child), 30, "the child of the SIGKILLed supervisor to exit")
+    finally:
+        if not gone(child):
+            os.kill(child, signal.SIGKILL)
