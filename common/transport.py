@@ -24,11 +24,11 @@ import collections
 import logging
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import zmq
 
+from common.group_commit import CommitFn, GroupCommitter, Outcome  # noqa: F401 (Outcome: API)
 from common.security import CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys
 from common.trajectory import DEFAULT_MAX_BYTES, Trajectory, WireError, decode, encode
 
@@ -38,10 +38,6 @@ ACK, REJECT = b"ack", b"reject"
 ACK_OUTCOMES = ("stored", "duplicate", "dropped")
 _ZERO_COPY_BYTES = 64 << 10          # below this pyzmq copying is cheaper than tracking
 _MAX_BACKOFF = 4.0                   # resend interval grows to at most 4x resend_after_s
-
-# What a commit function returns per item: an ACK_OUTCOMES string, or the rejection.
-Outcome = Union[str, WireError]
-CommitFn = Callable[[Sequence[tuple[Trajectory, memoryview]]], list[Outcome]]
 
 
 class _Pending:
@@ -227,33 +223,32 @@ class TrajectorySender:
 class IngestServer:
     """Store-side ROUTER: receive, decode and validate, commit a batch, then acknowledge.
 
-    ``commit`` gets the valid messages of one batch as (trajectory, payload) pairs and must
-    return one :data:`Outcome` per item after its transaction is durable; if it raises,
-    nothing of the batch is acknowledged (the senders resend) and the server keeps going.
+    ``commit`` gets the valid messages of one batch as (trajectory, payload) pairs, the
+    payload being the received frame's memory (the wire bytes, stored as they are), and
+    must return one :data:`Outcome` per item after its transaction is durable; if it
+    raises, nothing of the batch is acknowledged (the senders resend) and the server keeps
+    going.
 
     Commits run in one worker thread (LMDB releases the GIL while it writes and syncs), so
     the next batch is received and validated while the previous one commits; acks are sent
-    from the socket's own thread when a commit has finished. A batch closes at ``max_batch``
-    messages or once it holds ``max_batch_bytes``: many small records share one sync, while
-    multi-MB records go one per transaction (measured faster: see docs/store.md).
+    from the socket's own thread when a commit has finished. A batch is what arrived while
+    the previous commit ran, at most ``max_batch`` messages or about ``max_batch_bytes``:
+    many small records share one sync, while multi-MB records go one per transaction
+    (measured faster: README, ``pushcut bench ingest``). While the waiting batch is full
+    the socket is not read, so ZeroMQ and then the senders' windows hold the rest
+    (backpressure).
     """
 
     def __init__(self, address: str, commit: CommitFn, *,
                  max_message_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 64,
                  max_batch_bytes: int = 4 << 20, curve: Optional[CurveServerKeys] = None):
-        self.commit = commit
         self.max_message_bytes = max_message_bytes
-        self.max_batch = max(1, max_batch)
-        self.max_batch_bytes = max_batch_bytes
         self.counters: collections.Counter[str] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()
-        self._next: list[tuple] = []                 # validated, waiting for the committer
-        self._next_bytes = 0
-        self._committing: Optional[tuple[list, Future]] = None
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         # Own context: a CURVE authenticator is one per context.
         self._ctx = zmq.Context()
         self._wake_rx, self._wake_tx = self._wake_pair()
+        self._committer = GroupCommitter(commit, self._wake, max(1, max_batch), max_batch_bytes)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         # Far beyond the contract's limit a peer is cut off instead of buffered; between the
@@ -271,25 +266,19 @@ class IngestServer:
 
     def serve_once(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for messages or a finished commit; receive and validate
-        what is waiting, acknowledge what is committed, start the next commit. Returns the
-        number of messages received."""
+        what is waiting, hand it to the committer, acknowledge what is committed. Returns
+        the number of messages received."""
         poller = zmq.Poller()
         poller.register(self._wake_rx, zmq.POLLIN)
-        if len(self._next) < self.max_batch and self._next_bytes < self.max_batch_bytes:
-            poller.register(self._sock, zmq.POLLIN)   # when full, let ZeroMQ queue (backpressure)
+        room, room_bytes = self._committer.room()
+        if room > 0 and room_bytes > 0:
+            poller.register(self._sock, zmq.POLLIN)
         events = dict(poller.poll(int(timeout_s * 1000)))
         if self._wake_rx in events:
             while self._wake_rx.poll(0):
                 self._wake_rx.recv()
-        received = self._receive() if self._sock in events else 0
-        if self._committing is not None and self._committing[1].done():
-            self._finish(*self._committing)
-            self._committing = None
-        if self._committing is None and self._next:
-            batch, self._next, self._next_bytes = self._next, [], 0
-            future = self._committer.submit(self.commit, [(t, p) for _, _, t, p in batch])
-            future.add_done_callback(lambda _: self._wake_tx.send(b"", zmq.NOBLOCK))
-            self._committing = (batch, future)
+        received = self._receive(room, room_bytes) if self._sock in events else 0
+        self._acknowledge()
         return received
 
     def serve(self, should_stop: Callable[[], bool], poll_s: float = 0.1) -> None:
@@ -299,14 +288,8 @@ class IngestServer:
 
     def close(self) -> None:
         """Commit and acknowledge what was received and validated, then close."""
-        if self._committing is not None:
-            self._finish(*self._committing)
-            self._committing = None
-        if self._next:
-            batch, self._next = self._next, []
-            self._finish(batch, self._committer.submit(
-                self.commit, [(t, p) for _, _, t, p in batch]))
-        self._committer.shutdown(wait=True)
+        self._committer.close()
+        self._acknowledge()
         for sock in (self._sock, self._wake_rx, self._wake_tx):
             sock.close(linger=0)
         if self._auth is not None:
@@ -315,7 +298,8 @@ class IngestServer:
 
     # ------------------------------------------------------------------ internals
     def _wake_pair(self) -> tuple[zmq.Socket, zmq.Socket]:
-        """inproc PAIR: the committer thread's done-callback wakes the socket thread."""
+        """inproc PAIR: the committer thread (the only user of ``tx``) wakes the socket
+        thread."""
         endpoint = f"inproc://ingest-wake-{id(self)}"
         rx = self._ctx.socket(zmq.PAIR)
         rx.bind(endpoint)
@@ -323,19 +307,29 @@ class IngestServer:
         tx.connect(endpoint)
         return rx, tx
 
-    def _receive(self) -> int:
-        received = 0
-        while len(self._next) < self.max_batch and self._next_bytes < self.max_batch_bytes:
+    def _wake(self) -> None:
+        try:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:   # a wake is already queued, or we are closing
+            pass
+
+    def _receive(self, room: int, room_bytes: int) -> int:
+        """Receive and validate up to the committer's room; hand the valid ones over at
+        once, so that messages that arrived together are committed together."""
+        received, valid = 0, []
+        while room > 0 and room_bytes > 0:
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             received += 1
+            room -= 1
             self.counters["received"] += 1
             item = self._validate(frames)
             if item is not None:
-                self._next.append(item)
-                self._next_bytes += item[3].nbytes
+                valid.append(item)
+                room_bytes -= item[3].nbytes
+        self._committer.add(valid)
         return received
 
     def _validate(self, frames: list[zmq.Frame]):
@@ -356,20 +350,22 @@ class IngestServer:
                 "id_mismatch", f"frame names {tid[:200]!r}, payload {traj.trajectory_id!r}"))
         return identity, tid, traj, payload
 
-    def _finish(self, batch: list, future: Future) -> None:
-        try:
-            outcomes = future.result()
-        except Exception:   # the store failed: acknowledge nothing, senders will resend
-            self.counters["commit_errors"] += 1
-            log.exception("commit of %d trajectories failed; nothing acknowledged", len(batch))
-            return
-        self.counters["batches"] += 1
-        for (identity, tid, _, _), outcome in zip(batch, outcomes):
-            if isinstance(outcome, WireError):
-                self._reject(identity, tid, outcome)
-            else:
-                self.counters[outcome] += 1
-                self._reply(identity, [ACK, tid, outcome.encode()])
+    def _acknowledge(self) -> None:
+        """Reply to every message of the batches committed since the last call."""
+        while self._committer.done:
+            batch, outcomes = self._committer.done.popleft()
+            if isinstance(outcomes, Exception):   # the store failed: senders will resend
+                self.counters["commit_errors"] += 1
+                log.error("commit of %d trajectories failed; nothing acknowledged",
+                          len(batch), exc_info=outcomes)
+                continue
+            self.counters["batches"] += 1
+            for (identity, tid, _, _), outcome in zip(batch, outcomes):
+                if isinstance(outcome, WireError):
+                    self._reject(identity, tid, outcome)
+                else:
+                    self.counters[outcome] += 1
+                    self._reply(identity, [ACK, tid, outcome.encode()])
 
     def _reject(self, identity: bytes, tid: bytes, err: WireError) -> None:
         self.rejected[err.reason] += 1

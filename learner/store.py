@@ -15,12 +15,13 @@ One LMDB environment (a directory), named sub-databases:
 ``info``       name -> msgpack int                     eviction counters
 =============  ====================================  =====================================
 
-Guarantees (also in docs/store.md): a write is durable when the call returns (``sync=True``
-commits); writes are idempotent by trajectory_id; a trajectory whose group is already
-consumed or evicted is dropped, so a consumed group never comes back; beyond ``capacity``
-trajectories whole groups are evicted, consumed groups first, then the stalest (lowest
-policy_version, then oldest created_at); an unconsumed group that is evicted is marked
-consumed with reason ``evicted``; a full map is doubled and the transaction retried.
+Guarantees (also in the README's section on the store's guarantees): a write is durable
+when the call returns (``sync=True`` commits); writes are idempotent by trajectory_id; a
+trajectory whose group is already consumed or evicted is dropped, so a consumed group
+never comes back; beyond ``capacity`` trajectories whole groups are evicted, consumed
+groups first, then the stalest (lowest policy_version, then oldest created_at); an
+unconsumed group that is evicted is marked consumed with reason ``evicted``; a full map is
+doubled and the transaction retried.
 Other processes may open the same path (readers, or writers such as the learner marking
 groups consumed); one process opens a path once and shares the instance between threads.
 """

@@ -26,10 +26,21 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_setting(capsys):
     cfg = load_config(["bench.seconds=2", "bench.producers=2", "bench.decisions=2",
                        "bench.image_size=16", "store.max_batch=4"])
     figures = run(cfg)
-    loaded, light = figures["ingest"]["loaded"], figures["ingest"]["light"]
-    assert loaded["acked"] > 0 and light["acked"] > 0
-    assert loaded["all_flushed"] and light["all_flushed"] and loaded["rejected"] == 0
-    assert figures["ingest"]["stored"] == loaded["acked"] + light["acked"]
-    assert figures["ratio"] > 0 and loaded["p99_ms"] >= loaded["p50_ms"] > 0
+    saturated, paced = figures["ingest"]["saturated"], figures["ingest"]["paced"]
+    assert saturated["acked"] > 0 and paced["acked"] > 0
+    assert saturated["all_flushed"] and paced["all_flushed"] and saturated["rejected"] == 0
+    assert figures["ingest"]["stored"] == saturated["acked"] + paced["acked"]
+    assert figures["ratio"] > 0 and saturated["p99_ms"] >= saturated["p50_ms"] > 0
+    # the paced phase offers half the saturated rate, and that is what it gets through
+    assert paced["offered_traj_per_s"] == pytest.approx(0.5 * saturated["traj_per_s"])
+    assert paced["traj_per_s"] < 0.8 * saturated["traj_per_s"]
+    assert paced["p99_ms"] >= paced["p50_ms"] > 0
     assert set(figures) >= {"raw_1_per_txn", "raw_4_per_txn"}
-    assert "ratio ingest / best raw" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio saturated ingest / best raw" in out and "p99 ack at the paced load" in out
+
+
+def test_a_paced_load_must_be_positive():
+    cfg = load_config(["bench.ingest_paced_load=0"])
+    with pytest.raises(ValueError, match="ingest_paced_load"):
+        run(cfg)
