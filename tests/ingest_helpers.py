@@ -5,35 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import numpy as np
 
+from tests.waiting import free_tcp_address, wait_until  # noqa: F401  (re-exported)
+
 REPO = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def free_tcp_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class StoreProcess:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,25 +13,9 @@ import pytest
 from common.trajectory import Trajectory
 from learner.store import TrajectoryStore
 
+from tests.waiting import free_port, wait_until as wait_for  # noqa: F401  (re-exported)
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition", every_s: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy (returned) or fail at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        pause.wait(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def pushcut(*args: str, **popen) -> subprocess.Popen:

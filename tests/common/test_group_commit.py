@@ -1,19 +1,10 @@
 """common/group_commit.py: what arrives while a commit runs is committed together, the next
 batch starts without the socket thread, failures come back instead of acks, close drains."""
 import threading
-import time
 
-import pytest
 
 from common.group_commit import GroupCommitter
-
-
-def _wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached before the deadline")
-        threading.Event().wait(0.005)   # a short yield between polls, not synchronisation
+from tests.waiting import wait_until
 
 
 def _item(name: str, nbytes: int = 10) -> tuple:
@@ -39,12 +30,12 @@ def test_messages_that_arrive_during_a_commit_share_the_next_one():
     committer = GroupCommitter(commit, lambda: wakes.append(1), max_batch=8,
                                max_batch_bytes=1 << 20)
     committer.add([_item("a")])
-    _wait_for(lambda: len(commit.batches) == 1)       # "a" is being committed
+    wait_until(lambda: len(commit.batches) == 1)       # "a" is being committed
     committer.add([_item("b")])
     committer.add([_item("c"), _item("d")])
     assert committer.room() == (5, (1 << 20) - 30)
     commit.release.set()
-    _wait_for(lambda: len(committer.done) == 2)
+    wait_until(lambda: len(committer.done) == 2)
     assert commit.batches == [["a"], ["b", "c", "d"]]
     assert [len(batch) for batch, _ in committer.done] == [1, 3]
     assert committer.done[1][1] == ["stored"] * 3 and len(wakes) == 2
@@ -62,9 +53,9 @@ def test_a_failed_commit_is_handed_back_and_the_worker_goes_on():
 
     committer = GroupCommitter(commit, lambda: None, max_batch=8, max_batch_bytes=1 << 20)
     committer.add([_item("a")])
-    _wait_for(lambda: len(committer.done) == 1)
+    wait_until(lambda: len(committer.done) == 1)
     committer.add([_item("b")])
-    _wait_for(lambda: len(committer.done) == 2)
+    wait_until(lambda: len(committer.done) == 2)
     (_, first), (_, second) = committer.done
     assert isinstance(first, OSError) and second == ["stored"]
     committer.close()
@@ -74,7 +65,7 @@ def test_close_commits_what_is_waiting():
     commit = _GatedCommit()
     committer = GroupCommitter(commit, lambda: None, max_batch=8, max_batch_bytes=1 << 20)
     committer.add([_item("a")])
-    _wait_for(lambda: len(commit.batches) == 1)
+    wait_until(lambda: len(commit.batches) == 1)
     committer.add([_item("b"), _item("c")])
     closer = threading.Thread(target=committer.close)
     closer.start()

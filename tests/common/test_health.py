@@ -1,18 +1,9 @@
-import time
 
 import zmq
 
 from common.health import HealthMonitor, HeartbeatSender, decode_heartbeat, encode_heartbeat
 from common.security import CurveClientKeys, CurveServerKeys, generate_keypair
-
-
-def wait_until(pred, timeout_s=10.0, step_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step_s)  # polling interval of a deadline wait
-    return pred()
+from tests.waiting import wait_until
 
 
 ANY_PORT = "tcp://127.0.0.1:*"

@@ -12,7 +12,6 @@ import bisect
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,9 @@ import pytest
 
 from tests.deploy.test_chaos import _all, learner_versions
 from tests.ingest_helpers import REPO, wait_until
+from tests.waiting import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayHead:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -10,18 +9,9 @@ import zmq
 
 from common.weights import WeightClient, bytes_to_state_dict, state_dict_to_bytes
 from learner.broadcast import WeightPublisher
+from tests.waiting import wait_until as wait_for
 
 ADDR = "tcp://127.0.0.1:*"
-
-
-def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        threading.Event().wait(0.02)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def make_state_dict(seed: int) -> dict[str, torch.Tensor]:

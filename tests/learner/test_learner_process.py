@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +19,9 @@ from learner.checkpoint import latest_checkpoint, load_checkpoint
 from learner.store import TrajectoryStore
 from learner.trainer import free_port
 from tests.learner.helpers import micro_policy, sampled_group
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.2)   # polling interval of the condition, not a synchronisation
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def fill_store(path: Path, num_groups: int, seed: int = 0) -> list[str]:

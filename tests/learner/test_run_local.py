@@ -126,7 +126,7 @@ def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path
 @pytest.mark.slow
 def test_sync_mode_in_lock_step_and_sigint_stops_everything_cleanly(tmp_path):
     from tests.learner.helpers import micro_policy
-    from tests.learner.test_learner_process import wait_until
+    from tests.waiting import wait_until
     policy_dir = tmp_path / "policy"
     micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
