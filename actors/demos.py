@@ -1,12 +1,16 @@
 """``pushcut demos``: record scripted-expert demonstrations of the tabletop tasks, for SFT.
 
-In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``model.chunk_size`` C,
+In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``demos.obs_stride`` S,
 ``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.out``.
 Out: a dataset directory (``common/dataset.py``) of Trajectory records, one per successful
-demo: ``policy_version = -1`` (EXPERT_VERSION), images/proprio observed at every decision
-(every C env steps), ``actions`` float32 [T, C, 7], no tokens ([T, 0]), ``valid_mask``
-[T, C*7], ``length`` = env steps, each demo its own group (group_size 1). Failed demos are
-not kept: the recorder moves on to the next training init state (cycling) and counts them.
+demo: ``policy_version = -1`` (EXPERT_VERSION), images/proprio observed every S env steps,
+``actions`` float32 [T, S, 7] (the S steps after each observation; T = ceil(length / S)),
+no tokens ([T, 0]), ``valid_mask`` [T, S*7], ``length`` = env steps, each demo its own group
+(group_size 1). So a record's chunk size is the observation stride, not the policy's chunk
+size C: SFT (``learner/sft_data.py``) re-chunks the action sequence into the C actions after
+every observation. S = 1 (default) observes every env step, which gives C times as many
+training decisions as S = C (BC pipelines train on every timestep). Failed demos are not
+kept: the recorder moves on to the next training init state (cycling) and counts them.
 
 Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
 """
@@ -41,23 +45,23 @@ def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
     return padded.reshape(T, chunk_size, dim), valid.reshape(T, chunk_size * dim)
 
 
-def record_demo(env, expert, spec: TaskSpec, init_state_id: int, chunk_size: int,
+def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int,
                 trajectory_id: str) -> Trajectory:
     """Run ``expert`` on a TabletopEnv from (task, init_state_id) to the end of the episode;
-    observe (render) only at decisions, i.e. before env steps 0, C, 2C, ..."""
+    observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``)."""
     start = time.perf_counter()
     obs = env.reset(spec.task_id, init_state_id)
     images, proprio, actions = [], [], []
     done, success = False, False
     while not done:
-        if len(actions) % chunk_size == 0:
+        if len(actions) % obs_stride == 0:
             images.append(obs["images"])
             proprio.append(obs["proprio"])
         action = expert.act()
-        result = env.step(action, render=(len(actions) + 1) % chunk_size == 0)
+        result = env.step(action, render=(len(actions) + 1) % obs_stride == 0)
         actions.append(action)
         obs, done, success = result.obs, result.done, result.success
-    chunks, valid = chunk_episode(np.stack(actions), chunk_size)
+    chunks, valid = chunk_episode(np.stack(actions), obs_stride)
     T = chunks.shape[0]
     return Trajectory(
         trajectory_id=trajectory_id, group_id=trajectory_id, actor_id="expert",
@@ -78,8 +82,9 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         print(f"pushcut demos: env.name={cfg.env.name!r} has no scripted expert; use "
               "env=tabletop (LIBERO demonstrations come with the benchmark)")
         return 2
-    if cfg.demos.per_task < 1:
-        print(f"pushcut demos: demos.per_task must be >= 1, got {cfg.demos.per_task}")
+    if cfg.demos.per_task < 1 or cfg.demos.obs_stride < 1:
+        print(f"pushcut demos: demos.per_task and demos.obs_stride must be >= 1, got "
+              f"{cfg.demos.per_task} and {cfg.demos.obs_stride}")
         return 2
     out = Path(cfg.demos.out)
     if (out / "index.jsonl").exists():
@@ -115,7 +120,7 @@ def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict
         seed = [cfg.seed, zlib.crc32(spec.task_id.encode()), attempt]
         expert = expert_cls(env, noise=cfg.demos.noise, seed=np.random.SeedSequence(seed))
         tid = f"demo-{spec.task_id.replace('/', '-')}-s{init_state_id}-a{attempt}"
-        traj = record_demo(env, expert, spec, init_state_id, cfg.model.chunk_size, tid)
+        traj = record_demo(env, expert, spec, init_state_id, cfg.demos.obs_stride, tid)
         if not traj.success:
             stat["failed"] += 1
             continue

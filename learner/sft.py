@@ -88,7 +88,7 @@ def train(policy, examples: SftExamples, sft: SftConfig, out: Path,
             idx = next(batches)
             images = shift_images(examples.images[idx], sft.augment_shift, rng)
             loss, acc = sft_loss(policy.logits(examples.obs(idx, images)), targets[idx],
-                                 valid[idx])
+                                 valid[idx], sft.label_sigma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), sft.grad_clip)
@@ -124,8 +124,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     t0 = time.perf_counter()
     wanted = set(cfg.env.tasks)   # empty: every task of the dataset
     examples = examples_from_trajectories(
-        t for t in read_dataset(sft.demos, per_task=sft.demos_per_task)
-        if not wanted or t.task_id in wanted)
+        (t for t in read_dataset(sft.demos, per_task=sft.demos_per_task)
+         if not wanted or t.task_id in wanted), chunk_size=cfg.model.chunk_size)
     tasks = sorted(set(examples.task_ids))
     console.print(f"sft: {len(examples)} decisions from {sft.demos} ({len(tasks)} tasks, "
                   f"{examples.skipped} unsuccessful demos skipped)")

@@ -1,9 +1,11 @@
 """Demonstrations -> supervised examples for SFT: one example per decision.
 
-In: expert :class:`~common.trajectory.Trajectory` records (``pushcut demos``; actions
-float32 [T, C, D], one observation per decision, valid_mask [T, C*D]). Out: flat arrays
-over all decisions, the action tokenizer and proprio statistics fitted on them, target
-tokens, the image-shift augmentation and the masked cross-entropy. Pure functions; the
+In: expert :class:`~common.trajectory.Trajectory` records (``pushcut demos``; one
+observation every S env steps, actions float32 [T, S, D], valid_mask [T, S*D]). Out: flat
+arrays over all observations, each paired with the chunk of the C actions that follow it
+(zero-padded and masked past the episode's end), the action tokenizer and proprio
+statistics fitted on them, target tokens, the image-shift augmentation and the masked
+cross-entropy. Pure functions; the
 training loop and its files are in :mod:`learner.sft`.
 """
 from __future__ import annotations
@@ -52,9 +54,25 @@ class SftExamples:
                         instructions=[self.instructions[i] for i in idx])
 
 
-def examples_from_trajectories(trajectories: Iterable[Trajectory]) -> SftExamples:
-    """Successful demonstrations -> SftExamples; ValueError if there are none or their
-    shapes disagree (naming the record)."""
+def rechunk(traj: Trajectory, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A record observed every S steps -> (actions float32 [T, C, D], valid bool [T, C*D]):
+    for each of its T observations, the C executed actions from there on (zeros, invalid,
+    past the episode's end). C = S gives back the record's own chunks."""
+    S, D, C = traj.chunk_size, traj.action_dim, chunk_size
+    steps = np.zeros((traj.num_decisions * S + C, D), np.float32)
+    steps[:traj.length] = traj.actions.reshape(-1, D)[:traj.length]
+    idx = np.arange(traj.num_decisions)[:, None] * S + np.arange(C)          # [T, C]
+    valid = np.repeat(idx < traj.length, D, axis=1)
+    return steps[idx], valid
+
+
+def examples_from_trajectories(trajectories: Iterable[Trajectory],
+                               chunk_size: int | None = None) -> SftExamples:
+    """Successful demonstrations -> SftExamples with action chunks of ``chunk_size`` steps
+    (None: each record's own chunks); ValueError if there are none or their shapes disagree
+    (naming the record)."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     keep: list[Trajectory] = []
     skipped = 0
     for traj in trajectories:
@@ -63,19 +81,25 @@ def examples_from_trajectories(trajectories: Iterable[Trajectory]) -> SftExample
             continue
         if keep:
             ref = keep[0]
-            for name in ("images", "proprio", "actions"):
+            for name in ("images", "proprio"):
                 a, b = getattr(traj, name).shape[1:], getattr(ref, name).shape[1:]
                 if a != b:
                     raise ValueError(f"demo {traj.trajectory_id}: {name} per decision has shape "
                                      f"{a}, demo {ref.trajectory_id} has {b}")
+            if traj.action_dim != ref.action_dim or (
+                    chunk_size is None and traj.chunk_size != ref.chunk_size):
+                raise ValueError(f"demo {traj.trajectory_id}: actions per decision have shape "
+                                 f"{traj.actions.shape[1:]}, demo {ref.trajectory_id} has "
+                                 f"{ref.actions.shape[1:]}")
         keep.append(traj)
     if not keep:
         raise ValueError(f"no successful demonstrations ({skipped} unsuccessful ones)")
+    chunks = [rechunk(t, chunk_size or t.chunk_size) for t in keep]
     return SftExamples(
         images=np.concatenate([t.images for t in keep]),
         proprio=np.concatenate([t.proprio for t in keep]).astype(np.float32),
-        actions=np.concatenate([t.actions for t in keep]).astype(np.float32),
-        valid=np.concatenate([t.valid_mask for t in keep]).astype(bool),
+        actions=np.concatenate([c[0] for c in chunks]),
+        valid=np.concatenate([c[1] for c in chunks]),
         instructions=[t.instruction for t in keep for _ in range(t.num_decisions)],
         task_ids=[t.task_id for t in keep for _ in range(t.num_decisions)],
         skipped=skipped)
@@ -124,13 +148,31 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return out
 
 
-def sft_loss(logits: torch.Tensor, targets: torch.Tensor,
-             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_targets(targets: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
+    """int64 [...] bins -> float [..., num_bins]: a gaussian of ``sigma`` bins around each
+    target, renormalised over the bins (HL-Gauss, Imani & White 2018)."""
+    bins = torch.arange(num_bins, dtype=torch.float32, device=targets.device)
+    return torch.softmax(-(bins - targets.unsqueeze(-1).float()) ** 2 / (2 * sigma ** 2), dim=-1)
+
+
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+             sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """logits float [B, K, bins], targets int64 [B, K], valid bool [B, K] -> (mean
-    cross-entropy over valid tokens, token accuracy over valid tokens, no grad)."""
+    cross-entropy over valid tokens, token accuracy over valid tokens, no grad).
+
+    ``sigma`` > 0: the target is a gaussian over neighbouring bins rather than one bin.
+    Bins are ordered values of a continuous action, so a prediction one bin off is nearly
+    right; one-hot targets treat it as wrong as any other, which makes learning precise
+    actions slow (and pulls the argmax towards the saturated ends, whose one bin collects
+    what elsewhere spreads over many)."""
     if not valid.any():
         raise ValueError("sft_loss: batch has no valid tokens")
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    flat = logits.flatten(0, 1)
+    if sigma > 0:
+        q = soft_targets(targets.flatten(), logits.shape[-1], sigma)
+        ce = -(q * torch.log_softmax(flat, dim=-1)).sum(-1)
+    else:
+        ce = F.cross_entropy(flat, targets.flatten(), reduction="none")
     mask = valid.flatten().float()
     loss = (ce * mask).sum() / mask.sum()
     with torch.no_grad():

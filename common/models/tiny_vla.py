@@ -1,14 +1,17 @@
-"""The tiny VLA: a 1–10 M parameter vision-language-action policy that trains on a CPU.
+"""The tiny VLA: a ~1 M parameter vision-language-action policy that trains on a CPU.
 
 In: an :class:`~common.policy.ObsBatch` (images uint8 [B, V, H, W, 3], proprio float32
 [B, P], B instructions). Out: C·D categorical distributions over ``num_bins`` action bins,
 from ONE forward pass (OpenVLA-OFT-style parallel decoding).
 
-Sequence, per sample: V·g² vision patch tokens (a 3-layer stride-2 conv stem, pooled to a
-g×g grid), L/s text tokens (UTF-8 bytes embedded and merged s at a time by a strided conv),
-one proprio token, and K = C·D learned action queries; a pre-norm transformer attends
+Sequence, per sample (default sizes, 64×64 camera): per camera 16 patch tokens and 8
+keypoint tokens (:mod:`common.models.tiny_vla_vision`; its features FiLM-modulated by the
+instruction), 8 text tokens (UTF-8 bytes embedded and merged 16 at a time by a strided
+conv), one proprio token, and C learned action queries; a pre-norm transformer attends
 bidirectionally over all of it (text padding masked) and a linear head turns each action
-query into ``num_bins`` logits.
+query into the ``num_bins`` logits of ``tokens_per_query`` action tokens (default D: one
+query per chunk step; ``tokens_per_query=1`` is OpenVLA-OFT's one query per token, at
+several times the compute).
 
 ``TinyVLAPolicy`` is itself the ``PreTrainedModel`` and fills the :class:`Policy` protocol;
 ``sample``/``log_probs`` call ``self(...)``, so every parameter use goes through
@@ -85,6 +88,9 @@ class TinyVLAPolicy(PreTrainedModel):
         d, V = config.d_model, config.num_views
         self.vision = VisionEncoder(config)
         self.text = TextEncoder(config)
+        # instruction -> FiLM of the vision features (None: vision ignores the instruction)
+        self.film = nn.Linear(config.num_text_tokens * d, self.vision.film_dim) \
+            if config.film else None
         self.proprio = nn.Linear(config.proprio_dim, d)
         self.vision_pos = nn.Parameter(torch.zeros(V, config.num_vision_tokens, d))
         self.text_pos = nn.Parameter(torch.zeros(config.num_text_tokens, d))
@@ -165,8 +171,11 @@ class TinyVLAPolicy(PreTrainedModel):
         B, V = images.shape[:2]
         dtype = self.action_queries.dtype
         x = images.to(dtype).permute(0, 1, 4, 2, 3).flatten(0, 1) / 255.0 - 0.5
-        vis = self.vision(x).view(B, V, -1, self.config.d_model) + self.vision_pos
         txt, txt_mask = self.text(text_ids)
+        film = None
+        if self.film is not None:
+            film = self.film((txt * txt_mask.unsqueeze(-1)).flatten(1)).repeat_interleave(V, 0)
+        vis = self.vision(x, film).view(B, V, -1, self.config.d_model) + self.vision_pos
         seq = torch.cat([vis.flatten(1, 2), txt + self.text_pos,
                          self.proprio(proprio.to(dtype)).unsqueeze(1),
                          self.action_queries.expand(B, -1, -1)], dim=1)

@@ -32,7 +32,7 @@ class TinyVLAConfig(PretrainedConfig):
                  image_size: int = 64, num_views: int = 1, proprio_dim: int = 8,
                  d_model: int = 128, n_layers: int = 4, n_heads: int = 4, mlp_ratio: int = 4,
                  dropout: float = 0.0, vision_channels: Optional[list[int]] = None,
-                 keypoints: int = 32, keypoints_per_token: int = 4,
+                 keypoints: int = 32, keypoints_per_token: int = 4, film: bool = True,
                  max_text_len: int = 128, text_stride: int = 16,
                  tokens_per_query: Optional[int] = None,
                  action_stats: Optional[dict[str, Any]] = None,
@@ -53,6 +53,7 @@ class TinyVLAConfig(PretrainedConfig):
         self.vision_channels = list(vision_channels or [16, 32, 64])
         self.keypoints = int(keypoints)
         self.keypoints_per_token = int(keypoints_per_token)
+        self.film = bool(film)
         self.max_text_len = int(max_text_len)
         self.text_stride = int(text_stride)
         # None: one query per chunk step decoding its D tokens; 1: one query per token

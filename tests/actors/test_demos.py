@@ -12,7 +12,7 @@ from common.trajectory import EXPERT_VERSION
 
 
 def _cfg(out, *extra):
-    return load_config([f"demos.out={out}", "demos.per_task=2", "model.chunk_size=8",
+    return load_config([f"demos.out={out}", "demos.per_task=2", "demos.obs_stride=8",
                         "env.tasks=[spatial/1,goal/3]", *extra])
 
 
@@ -50,6 +50,21 @@ def test_demos_are_successful_expert_records_that_replay(tmp_path):
     assert len({r.init_state_id for r in records[:2]}) == 2          # cycles through states
 
 
+def test_dense_demos_observe_every_step(tmp_path):
+    out = tmp_path / "dense"
+    assert main(_cfg(out, "demos.per_task=1", "env.tasks=[goal/3]", "demos.obs_stride=1"),
+                []) == 0
+    (r,) = list(read_dataset(out))
+    assert r.success and r.images.shape[0] == r.length and r.actions.shape == (r.length, 1, 7)
+    env = TabletopEnv(load_config([]).env)
+    env.reset(r.task_id, r.init_state_id)
+    results = [env.step(a) for a in r.actions[:, 0]]
+    env.close()
+    assert results[-1].success
+    assert all(np.array_equal(results[k].obs["images"], r.images[k + 1])
+               for k in range(0, r.length - 1, 5))
+
+
 def test_refuses_to_overwrite_and_non_tabletop(tmp_path):
     out = tmp_path / "demos"
     assert main(_cfg(out, "demos.per_task=1", "env.tasks=[goal/3]"), []) == 0
@@ -57,6 +72,7 @@ def test_refuses_to_overwrite_and_non_tabletop(tmp_path):
     assert main(_cfg(out), []) == 2
     assert len(read_index(out)) == 1
     assert main(load_config([f"demos.out={tmp_path / 'x'}", "env=libero"]), []) == 2
+    assert main(_cfg(tmp_path / "y", "demos.obs_stride=0"), []) == 2
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from common.models import load_policy
 from common.synthetic import make_trajectory
 from learner import sft
 from learner.sft_data import (
-    examples_from_trajectories, fit_action_tokenizer, shift_images, sft_loss,
+    examples_from_trajectories, fit_action_tokenizer, rechunk, shift_images, sft_loss,
 )
 
 TASKS = {"spatial/0": "put the left cube on the plate", "object/1": "put the green cube in the tray"}
@@ -47,7 +47,10 @@ def test_sft_lowers_the_loss_and_checkpoints(demos, tmp_path):
     cfg = load_config([f"sft.demos={demos}", f"sft.out={out}", "sft.steps=60",
                        "sft.batch_size=16", "sft.checkpoint_every=30", "sft.warmup_steps=5",
                        "sft.lr=3e-3", "sft.eval_episodes_per_task=0", "model.preset=micro",
-                       "sft.demos_per_task=2", "sft.threads=1"])
+                       "sft.demos_per_task=2", "sft.threads=1",
+                       # one-hot targets: the gaussian ones put a floor (their entropy,
+                       # ~2.5 nats at 3 bins) under the loss
+                       "sft.label_sigma=0"])
     assert sft.main(cfg, []) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["step"] == 25 and metrics[-1]["step"] == 60
@@ -82,6 +85,29 @@ def test_examples_skip_failures_and_check_shapes(tmp_path):
         examples_from_trajectories([good, other])
     with pytest.raises(ValueError, match="no successful"):
         examples_from_trajectories([_demo(rng, "spatial/0", 1, success=False)])
+
+
+def test_dense_demo_rechunks_into_the_chunk_after_every_step():
+    """A demo observed every step (obs_stride 1) gives one example per step, each with the
+    C actions that follow it; its every C-th example is the strided demo's decision."""
+    rng = np.random.default_rng(0)
+    strided = _demo(rng, "spatial/0", 0, length=13)                   # [2, 8, 7]
+    strided.actions.reshape(-1, 7)[13:] = 0.0                          # rechunk pads with 0
+    steps = strided.actions.reshape(-1, 7)[:13]
+    dense = make_trajectory(rng, policy_version=-1, success=True, task_id="spatial/0",
+                            length=13, chunk_size=1)
+    dense.actions = steps[:, None, :].copy()                           # [13, 1, 7]
+    actions, valid = rechunk(dense, 8)
+    assert actions.shape == (13, 8, 7) and valid.shape == (13, 56)
+    assert np.array_equal(actions[[0, 8]], strided.actions)
+    assert np.array_equal(valid[[0, 8]], strided.valid_mask)
+    assert np.array_equal(actions[5, :8], steps[5:13])                 # 8 actions from step 5
+    assert valid[6].sum() == 7 * 7 and not actions[6, 7].any()         # step 13 is past the end
+    assert valid.sum() == 7 * sum(min(8, 13 - t) for t in range(13))
+    ex = examples_from_trajectories([dense, strided], chunk_size=8)
+    assert len(ex) == 15 and ex.chunk_size == 8
+    with pytest.raises(ValueError, match="chunk_size"):
+        examples_from_trajectories([dense], chunk_size=0)
 
 
 def test_tokenizer_fit_ignores_padding_steps():
