@@ -33,13 +33,14 @@ from common.models.openvla.config import OpenVLAOFTConfig, preset_config
 from common.models.openvla.prompt import (STOP_ID, PromptEncoder, attention_bias, layout_index,
                                           position_ids)
 from common.models.openvla.vision import Projector, VisionBackbone, preprocess_images
+from common.models.token_policy import TokenPolicyMixin
 from common.policy import ObsBatch
 
 MODEL_TYPES = ("openvla", "openvla_oft")     # config.json model_type values this class loads
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class OpenVLAOFTPolicy(PreTrainedModel):
+class OpenVLAOFTPolicy(TokenPolicyMixin, PreTrainedModel):
     """OpenVLA(-OFT) with parallel decoding of K action tokens; fills common.policy.Policy."""
 
     config_class = OpenVLAOFTConfig
@@ -59,14 +60,6 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         self.post_init()
 
     # --- Policy attributes -------------------------------------------------------------
-    @property
-    def chunk_size(self) -> int:
-        return self.config.chunk_size
-
-    @property
-    def action_dim(self) -> int:
-        return self.config.action_dim
-
     @property
     def num_bins(self) -> int:
         return self.config.n_action_bins
@@ -133,58 +126,12 @@ class OpenVLAOFTPolicy(PreTrainedModel):
         cfg = self.config
         return prompt + cfg.num_images_in_input * cfg.num_patches + cfg.num_action_tokens + 1
 
-    # --- Policy methods --------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, obs: ObsBatch, temperature: float,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (bins int64 [B, K], log-probs float32 [B, K]) on the CPU. T == 0: greedy.
-
-        ``generator`` may live on the CPU or on the model's device."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        logits = self.logits(obs)
-        if temperature == 0:
-            logp = F.log_softmax(logits, dim=-1)
-            tokens = logp.argmax(dim=-1)
-        else:
-            logp = F.log_softmax(logits / temperature, dim=-1)
-            probs = logp.exp().flatten(0, 1)
-            if generator is not None:
-                probs = probs.to(generator.device)
-            tokens = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2])
-            tokens = tokens.to(logp.device)
-        chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return tokens.cpu(), chosen.cpu()
-
-    def log_probs(self, obs: ObsBatch, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        """bins int64 [B, K] -> log-probs float32 [B, K] of softmax(logits / T), with grad."""
-        logits = self.logits(obs)
-        tokens = torch.as_tensor(tokens, device=logits.device).long()
-        if tokens.shape != logits.shape[:2]:
-            raise ValueError(f"tokens must be [B={logits.shape[0]}, K={logits.shape[1]}], "
-                             f"got {tuple(tokens.shape)}")
-        logp = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-    def logits(self, obs: ObsBatch) -> torch.Tensor:
-        """ObsBatch -> float32 action-bin logits [B, K, 256] (with grad if enabled)."""
-        return self(**self.prepare_inputs(obs)).float()
-
     @property
     def action_tokenizer(self) -> action_bins.OpenVLAActionTokenizer:
         """Actions <-> bins with OpenVLA's rules and the active dataset statistics."""
         stats = action_bins.action_stats(self.config.norm_stats, self.config.unnorm_key,
                                          self.config.action_dim)
         return action_bins.OpenVLAActionTokenizer(*stats)
-
-    def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
-        """bins int [B, K] -> env actions float32 [B, C, D], un-normalised with q01/q99."""
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.detach().cpu().numpy()
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [B, K], got shape {tokens.shape}")
-        return self.action_tokenizer.decode_chunk(tokens, self.config.chunk_size)
 
     def actions_to_tokens(self, actions: np.ndarray) -> np.ndarray:
         """env actions float [B, C, D] -> bins int64 [B, K] (for supervised warm starts)."""

@@ -13,7 +13,8 @@ query into the ``num_bins`` logits of ``tokens_per_query`` action tokens (defaul
 query per chunk step; ``tokens_per_query=1`` is OpenVLA-OFT's one query per token, at
 several times the compute).
 
-``TinyVLAPolicy`` is itself the ``PreTrainedModel`` and fills the :class:`Policy` protocol;
+``TinyVLAPolicy`` is itself the ``PreTrainedModel`` and fills the :class:`Policy` protocol
+(through :class:`~common.models.token_policy.TokenPolicyMixin`);
 ``sample``/``log_probs`` call ``self(...)``, so every parameter use goes through
 ``forward`` (FSDP2's ``fully_shard`` unshards parameters in forward hooks). Built by
 ``common.models.build_policy``; loaded by ``common.models.load_policy`` or
@@ -31,6 +32,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from common.models.tiny_vla_config import PRESETS, TinyVLAConfig
 from common.models.tiny_vla_vision import VisionEncoder
+from common.models.token_policy import TokenPolicyMixin
 from common.policy import ObsBatch
 from common.text import PAD_ID, VOCAB_SIZE, encode_instructions
 from common.tokenizer import ActionTokenizer
@@ -76,7 +78,7 @@ class Block(GradientCheckpointingLayer):
         return x + self.mlp(self.norm2(x))
 
 
-class TinyVLAPolicy(PreTrainedModel):
+class TinyVLAPolicy(TokenPolicyMixin, PreTrainedModel):
     config_class = TinyVLAConfig
     base_model_prefix = "tiny_vla"
     main_input_name = "images"
@@ -130,14 +132,6 @@ class TinyVLAPolicy(PreTrainedModel):
                 init.normal_(p, std=std)
 
     # ---- Policy attributes -------------------------------------------------------------
-    @property
-    def chunk_size(self) -> int:
-        return self.config.chunk_size
-
-    @property
-    def action_dim(self) -> int:
-        return self.config.action_dim
-
     @property
     def num_bins(self) -> int:
         return self.config.num_bins
@@ -209,43 +203,3 @@ class TinyVLAPolicy(PreTrainedModel):
                 "proprio": torch.from_numpy(np.ascontiguousarray(proprio)).to(device),
                 "text_ids": torch.from_numpy(
                     encode_instructions(obs.instructions, cfg.max_text_len)).to(device)}
-
-    def logits(self, obs: ObsBatch) -> torch.Tensor:
-        """ObsBatch -> float32 logits [B, K, num_bins] (with grad if enabled)."""
-        return self(**self.prepare_inputs(obs)).float()
-
-    def sample(self, obs: ObsBatch, temperature: float,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (tokens int64 [B, K], log_probs float32 [B, K]) of softmax(logits / T); no grad.
-        T == 0: greedy, log-probs under T = 1. ``generator`` lives on the model's device."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        with torch.no_grad():
-            logits = self.logits(obs)
-            if temperature == 0:
-                logp = torch.log_softmax(logits, dim=-1)
-                tokens = logits.argmax(dim=-1)
-            else:
-                logp = torch.log_softmax(logits / temperature, dim=-1)
-                # Gumbel-max: an exact categorical sample, far cheaper than multinomial here.
-                u = torch.rand(logp.shape, generator=generator, device=logp.device)
-                gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
-                tokens = (logp + gumbel).argmax(dim=-1)
-            return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-    def log_probs(self, obs: ObsBatch, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        """tokens int [B, K] -> float32 [B, K] log-probs of softmax(logits / T), with grad."""
-        logits = self.logits(obs)
-        tokens = torch.as_tensor(tokens, device=logits.device).long()
-        if tokens.shape != logits.shape[:2]:
-            raise ValueError(f"tokens: shape {tuple(tokens.shape)}, expected "
-                             f"{tuple(logits.shape[:2])} = [B, C*D]")
-        t = temperature if temperature > 0 else 1.0
-        logp = torch.log_softmax(logits / t, dim=-1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-    def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
-        """int [B, K] -> float32 env actions [B, C, D]."""
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.detach().cpu().numpy()
-        return self.action_tokenizer.decode_chunk(np.asarray(tokens), self.chunk_size)
