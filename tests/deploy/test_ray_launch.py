@@ -159,8 +159,15 @@ def test_deploy_on_a_local_ray_head_restarts_and_scales_actors(tmp_path):
                 driver.wait(90)
             except subprocess.TimeoutExpired:
                 driver.kill()
-        leftovers = [p for role in ("store", "learner", "actor")
-                     for p in role_processes(tmp_path, role).values()]
+        def live_roles() -> list[psutil.Process]:
+            return [p for role in ("store", "learner", "actor")
+                    for p in role_processes(tmp_path, role).values()]
+        # the roles are told to stop as the driver exits and take a moment to flush and go
+        try:
+            wait_until(lambda: not live_roles(), 60, "the role processes to exit")
+        except AssertionError:
+            pass
+        leftovers = live_roles()
         kill_all(leftovers)
         head.stop()
         driver_log.close()
