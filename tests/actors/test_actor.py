@@ -30,15 +30,6 @@ TEMPERATURE = 1.6
 ENV_CFG = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # OpenMP spin-waiting on a shared 2-core machine is 10-20x slower than one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def micro_weights(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return {k: v.clone() for k, v in build_policy(ModelConfig(preset="micro")).state_dict().items()}

@@ -34,15 +34,6 @@ GIB = 1 << 30
 ENV_CFG = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # OpenMP spin-waiting on a shared 2-core machine is 10-20x slower than one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ LIBERO memory cap
 
 def test_libero_worker_count_is_lowered_to_what_fits(caplog):
