@@ -1,5 +1,5 @@
 """Success rates of the tabletop suite's scripted expert and of a uniform random policy,
-per task, on training and held-out initial states (the figures in docs/tabletop.md).
+per task, on training and held-out initial states (the figures in the README, "The built-in tabletop suite").
 
 Run: ``python -m actors.envs.tabletop.rates --episodes 20 --noise 0 0.3``. Unrendered.
 """
