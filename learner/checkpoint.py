@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -114,6 +114,35 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(d)
 
 
+def publish_dir(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Write the directory ``root/name`` atomically and durably: ``fill`` writes into a hidden
+    temporary directory, which is fsynced and renamed into place (replacing an older
+    ``name``), so a listed directory is always complete. -> the final path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def list_numbered(root: str | Path, pattern: re.Pattern, marker: str) -> list[Path]:
+    """Directories under ``root`` whose name matches ``pattern`` (group 1: a number) and that
+    hold ``marker`` (written last, so the directory is complete), by that number."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := pattern.match(p.name)) and (p / marker).exists()]
+    return [p for _, p in sorted(found)]
+
+
 def export_policy(template: Any, model_sd: dict[str, torch.Tensor], out_dir: str | Path) -> None:
     """Load ``model_sd`` into the unsharded ``template`` policy and ``save_pretrained`` it."""
     template.load_state_dict(model_sd)
@@ -126,39 +155,30 @@ def save_checkpoint(checkpoint_dir: str | Path, policy_version: int, template: A
                     keep: int = 2) -> Path:
     """Write ``version-<policy_version>`` atomically, prune to the newest ``keep``."""
     root = Path(checkpoint_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"version-{policy_version:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    export_policy(template, model_sd, tmp / "policy")
-    meta: dict[str, Any] = {}
-    if optim_sd is not None:
-        tensors, meta = _flatten_optimizer(optim_sd)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_json = rng_state()
-    save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-    state = {"policy_version": policy_version, "created_at": time.time(),
-             "optimizer": meta or None, "consumption_marks": consumption_marks,
-             "rng": rng_json, "extra": extra or {}}
-    (tmp / "state.json").write_text(json.dumps(state))
-    _fsync_tree(tmp)
-    if final.exists():       # the same version written again (e.g. at shutdown): replace
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
+
+    def fill(tmp: Path) -> None:
+        export_policy(template, model_sd, tmp / "policy")
+        meta: dict[str, Any] = {}
+        if optim_sd is not None:
+            tensors, meta = _flatten_optimizer(optim_sd)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_json = rng_state()
+        save_file({k: v.contiguous() for k, v in rng_tensors.items()},
+                  str(tmp / "rng.safetensors"))
+        state = {"policy_version": policy_version, "created_at": time.time(),
+                 "optimizer": meta or None, "consumption_marks": consumption_marks,
+                 "rng": rng_json, "extra": extra or {}}
+        (tmp / "state.json").write_text(json.dumps(state))
+
+    # the same version written again (e.g. at shutdown) replaces the older one
+    final = publish_dir(root, f"version-{policy_version:08d}", fill)
     prune(root, keep)
     return final
 
 
 def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := PATTERN.match(p.name)) and (p / "state.json").exists()]
-    return [p for _, p in sorted(found)]
+    return list_numbered(checkpoint_dir, PATTERN, "state.json")
 
 
 def prune(checkpoint_dir: str | Path, keep: int) -> None:

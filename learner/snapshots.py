@@ -20,15 +20,13 @@ always complete.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from learner.checkpoint import _fsync_dir, _fsync_tree, export_policy
+from learner.checkpoint import export_policy, list_numbered, publish_dir
 
 SNAPSHOT_PATTERN = re.compile(r"^v(\d{6,})$")
 INFO_FILE = "snapshot.json"
@@ -44,30 +42,18 @@ def save_snapshot(root: str | Path, policy_version: int, template: Any,
                   model_sd: dict, info: dict[str, Any]) -> Path:
     """Export the policy and ``info`` (plus policy_version) to ``root/v<NNNNNN>`` atomically;
     an existing snapshot of the same version is replaced (the final one supersedes it)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / snapshot_name(policy_version)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_policy(template, model_sd, tmp)
     record = {"policy_version": policy_version, "created_at": time.time(), **info}
-    (tmp / INFO_FILE).write_text(json.dumps(record, indent=1))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    return final
+
+    def fill(tmp: Path) -> None:
+        export_policy(template, model_sd, tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(record, indent=1))
+
+    return publish_dir(Path(root), snapshot_name(policy_version), fill)
 
 
 def list_snapshots(root: str | Path) -> list[Path]:
     """Complete snapshot directories under ``root``, by policy_version."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := SNAPSHOT_PATTERN.match(p.name)) and (p / INFO_FILE).exists()]
-    return [p for _, p in sorted(found)]
+    return list_numbered(root, SNAPSHOT_PATTERN, INFO_FILE)
 
 
 def read_snapshot_info(path: str | Path) -> dict[str, Any]:
