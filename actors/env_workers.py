@@ -363,11 +363,12 @@ def libero_worker_count(requested: int, available_bytes: int | None = None,
     even one fits: EnvWorkerError, unless ``force`` (then 1, with a warning)."""
     import psutil
 
-    from actors.envs.libero import RESERVE_BYTES, WORKER_BYTES, libero_workers_that_fit
+    from actors.envs.libero import (RESERVE_BYTES, WORKER_BYTES, libero_worker_capacity,
+                                    libero_workers_that_fit)
     if available_bytes is None:
         available_bytes = psutil.virtual_memory().available
     gb = 1 << 30
-    fit = (available_bytes - RESERVE_BYTES) // WORKER_BYTES
+    fit = libero_worker_capacity(available_bytes)
     figures = (f"{WORKER_BYTES / gb:.1f} GB per LIBERO env worker + {RESERVE_BYTES / gb:.1f} "
                f"GB reserve, {available_bytes / gb:.1f} GB available")
     if fit < 1 and not force:

@@ -117,15 +117,23 @@ def placement_seed(task_id: str, init_state_id: int) -> int:
     return zlib.crc32(f"{task_id}#{init_state_id}".encode())
 
 
+def libero_worker_capacity(available_bytes: Optional[int] = None,
+                           per_worker_bytes: int = WORKER_BYTES,
+                           reserve_bytes: int = RESERVE_BYTES) -> int:
+    """How many LIBERO env workers fit in ``available_bytes`` (default: psutil's figure now),
+    keeping ``reserve_bytes`` free; 0 or less when not even one does."""
+    if available_bytes is None:
+        available_bytes = psutil.virtual_memory().available
+    return int((available_bytes - reserve_bytes) // per_worker_bytes)
+
+
 def libero_workers_that_fit(requested: int, available_bytes: Optional[int] = None,
                             per_worker_bytes: int = WORKER_BYTES,
                             reserve_bytes: int = RESERVE_BYTES) -> int:
     """How many of ``requested`` LIBERO env workers fit in the memory available now (psutil),
     keeping ``reserve_bytes`` free; never below 1 (one worker is always attempted)."""
-    if available_bytes is None:
-        available_bytes = psutil.virtual_memory().available
-    fit = (available_bytes - reserve_bytes) // per_worker_bytes
-    return int(max(1, min(requested, fit)))
+    fit = libero_worker_capacity(available_bytes, per_worker_bytes, reserve_bytes)
+    return max(1, min(requested, fit))
 
 
 def _prepare_libero_import() -> None:
