@@ -79,11 +79,11 @@ class Learner:
         self.model_sd: dict | None = None
         self.updates = 0
         self._last_update_end = time.monotonic()
-        self._env_steps = (time.monotonic(), self._actor_env_steps())
         carried = checkpoint.extra if checkpoint is not None else {}
         self._wall_offset_s = float(carried.get("wall_s", 0.0))
         self._started = time.monotonic()
         self.env_step_counter = EnvStepCounter(base=int(carried.get("env_steps", 0)))
+        self._env_steps = (time.monotonic(), self.env_step_counter.total)   # for the rate
         self.env_steps_trained = int(carried.get("env_steps_trained", 0))
         self.stop_reason: str | None = None
 
@@ -196,8 +196,8 @@ class Learner:
 
     def _log_update(self, selection: Selection, stats: dict, wait_s: float, update_s: float,
                     publish_s: float, now: float) -> None:
-        self.health.poll(0)
-        steps = self._actor_env_steps()
+        progress = self.progress()
+        steps = progress["env_steps"]      # monotonic across actor restarts
         t_prev, steps_prev = self._env_steps
         self._env_steps = (now, steps)
         store = self.store.stats()
@@ -211,7 +211,7 @@ class Learner:
             "learner_steps_per_s": 1.0 / max(now - self._last_update_end, 1e-9),
             "env_steps_per_s": max(steps - steps_prev, 0) / max(now - t_prev, 1e-9),
             **{f"actors_{k}": v for k, v in self.health.counts().items()},
-            **self.progress(),
+            **progress,
         }
         self.metrics.log(record, step=self.version)
         log.info("v%d loss %.4f | %d groups (%s) | success %.2f | staleness %.1f/%d | "
@@ -220,9 +220,6 @@ class Learner:
                  stats["success_rate"], stats["staleness_mean"], int(stats["staleness_max"]),
                  stats["grad_norm"], wait_s, update_s, store["complete_groups"],
                  self.filter.report())
-
-    def _actor_env_steps(self) -> int:
-        return sum(h.env_steps for h in self.health.report())
 
     def _checkpoint(self) -> None:
         t0 = time.monotonic()
