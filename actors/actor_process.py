@@ -159,9 +159,12 @@ class ProgressLog:
         beats = HeartbeatSender(*self._heartbeat_args)   # its socket lives in this thread
         next_log = time.monotonic() + self.every_s
         try:
-            while not self._stop.wait(min(self.heartbeat_s, self.every_s)):
+            while True:
+                # beat before the first wait: a short-lived actor is known to the learner too
                 a = self.actor
                 beats.beat(a.actor_id, a.policy_version, a.rollout.env_steps, a.stats.episodes)
+                if self._stop.wait(min(self.heartbeat_s, self.every_s)):
+                    break
                 if time.monotonic() >= next_log:
                     next_log += self.every_s
                     log.info(self.line())
