@@ -1,7 +1,8 @@
 """``pushcut demos``: record scripted-expert demonstrations of the tabletop tasks, for SFT.
 
 In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``demos.obs_stride`` S,
-``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.out``.
+``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.label``,
+``demos.out``.
 Out: a dataset directory (``common/dataset.py``) of Trajectory records, one per successful
 demo: ``policy_version = -1`` (EXPERT_VERSION), images/proprio observed every S env steps,
 ``actions`` float32 [T, S, 7] (the S steps after each observation; T = ceil(length / S)),
@@ -11,6 +12,9 @@ size C: SFT (``learner/sft_data.py``) re-chunks the action sequence into the C a
 every observation. S = 1 (default) observes every env step, which gives C times as many
 training decisions as S = C (BC pipelines train on every timestep). Failed demos are not
 kept: the recorder moves on to the next training init state (cycling) and counts them.
+With noise, ``demos.label = clean`` records what the expert meant at each visited state while
+the env executes the noisy action (DART, Laskey et al. 2017): the demos then visit the states
+a slightly wrong policy drifts into, labelled with the correction back.
 
 Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
 """
@@ -46,9 +50,10 @@ def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
 
 
 def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int,
-                trajectory_id: str) -> Trajectory:
+                trajectory_id: str, label: str = "executed") -> Trajectory:
     """Run ``expert`` on a TabletopEnv from (task, init_state_id) to the end of the episode;
-    observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``)."""
+    observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``). ``label``:
+    record the executed (noisy) actions or the expert's ``clean_action``s."""
     start = time.perf_counter()
     obs = env.reset(spec.task_id, init_state_id)
     images, proprio, actions = [], [], []
@@ -59,7 +64,7 @@ def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int
             proprio.append(obs["proprio"])
         action = expert.act()
         result = env.step(action, render=(len(actions) + 1) % obs_stride == 0)
-        actions.append(action)
+        actions.append(expert.clean_action if label == "clean" else action)
         obs, done, success = result.obs, result.done, result.success
     chunks, valid = chunk_episode(np.stack(actions), obs_stride)
     T = chunks.shape[0]
@@ -85,6 +90,9 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     if cfg.demos.per_task < 1 or cfg.demos.obs_stride < 1:
         print(f"pushcut demos: demos.per_task and demos.obs_stride must be >= 1, got "
               f"{cfg.demos.per_task} and {cfg.demos.obs_stride}")
+        return 2
+    if cfg.demos.label not in ("executed", "clean"):
+        print(f"pushcut demos: demos.label must be executed or clean, got {cfg.demos.label!r}")
         return 2
     out = Path(cfg.demos.out)
     if (out / "index.jsonl").exists():
@@ -120,7 +128,8 @@ def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict
         seed = [cfg.seed, zlib.crc32(spec.task_id.encode()), attempt]
         expert = expert_cls(env, noise=cfg.demos.noise, seed=np.random.SeedSequence(seed))
         tid = f"demo-{spec.task_id.replace('/', '-')}-s{init_state_id}-a{attempt}"
-        traj = record_demo(env, expert, spec, init_state_id, cfg.demos.obs_stride, tid)
+        traj = record_demo(env, expert, spec, init_state_id, cfg.demos.obs_stride, tid,
+                           cfg.demos.label)
         if not traj.success:
             stat["failed"] += 1
             continue

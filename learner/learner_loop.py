@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from common.config.schema import PushcutConfig
 from common.health import HealthMonitor
 from common.metrics import MetricsLogger
@@ -121,7 +123,8 @@ class Learner:
         self.model_sd = self.trainer.full_state_dict()
         self.publisher.publish(self.version, self.model_sd)
         self.metrics.log({"event": "start", "policy_version": self.version,
-                          "resumed_from": self.resumed_from, "mode": self.cfg.mode},
+                          "resumed_from": self.resumed_from, "mode": self.cfg.mode,
+                          "torch_threads": torch.get_num_threads()},
                          step=self.version)
         log.info("learner at policy_version %d (%s), %d rank(s), mode %s", self.version,
                  f"resumed from checkpoint {self.resumed_from}" if self.resumed_from is not None

@@ -30,6 +30,7 @@ import sys
 import threading
 
 import msgpack
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
@@ -101,6 +102,8 @@ def run_rank(rank: int, world_size: int, init_method: str, cfg_yaml: str,
     if rank > 0:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # rank 0 decides when to stop
+    if cfg.learner.torch_threads:
+        torch.set_num_threads(cfg.learner.torch_threads)
     device = init_process_group(rank, world_size, init_method, cfg.learner)
     try:
         found = latest_checkpoint(cfg.learner.checkpoint_dir) if rank == 0 else None

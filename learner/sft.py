@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def train(policy, examples: SftExamples, sft: SftConfig, out: Path,
     policy.train()
     metrics, window, t0 = [], [], time.perf_counter()
     batches = _batches(len(examples), sft.batch_size, rng)
-    with open(out / "metrics.jsonl", "a") as log, tqdm(total=sft.steps, desc="sft") as bar:
+    # redrawn every step on a terminal; into a log file (pushcut run/experiment) every 30 s
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    with open(out / "metrics.jsonl", "a") as log, \
+            tqdm(total=sft.steps, desc="sft", mininterval=interval) as bar:
         for step in range(1, sft.steps + 1):
             idx = next(batches)
             images = shift_images(examples.images[idx], sft.augment_shift, rng)
@@ -104,7 +108,8 @@ def train(policy, examples: SftExamples, sft: SftConfig, out: Path,
                 metrics.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['token_acc']:.2f}")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['token_acc']:.2f}",
+                                refresh=False)
             if step % sft.checkpoint_every == 0 and step < sft.steps:
                 policy.save_pretrained(out / f"step_{step:06d}")
     return metrics

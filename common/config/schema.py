@@ -114,6 +114,9 @@ class LearnerConfig:
     world_size: int = 1               # FSDP ranks started by `pushcut learner`
     backend: str = "auto"             # auto: nccl on cuda, gloo on cpu
     bf16: bool = False
+    # intra-op CPU threads per rank (None: torch's default, one per core). 1 when actors share
+    # the cores: measured 15 s per update with 2 threads against 2 busy actors on 2 cores
+    torch_threads: Optional[int] = None
     max_versions: Optional[int] = None  # stop after this many optimiser steps
     max_wall_s: Optional[float] = None  # ... or after this many seconds since the learner started
                                         # (carried over a resume by the checkpoint)
@@ -139,6 +142,8 @@ class DemosConfig:
     """``pushcut demos``: scripted-expert demonstrations of the tabletop tasks."""
     per_task: int = 50                # successful demos kept per task (failures are retried)
     noise: float = 0.0                # std of gaussian noise on the expert's actions in [-1, 1]
+    label: str = "executed"           # executed: record the noisy actions; clean: the expert's
+                                      # noiseless action at each visited state (DART)
     out: str = "runs/demos"           # dataset directory; must not hold a dataset yet
     # observe every obs_stride env steps (1: every step, as BC pipelines train; the policy's
     # chunk_size C: only where the policy decides, C times fewer training decisions)

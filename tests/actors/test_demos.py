@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from actors.demos import chunk_episode, main
-from actors.envs.tabletop import TabletopEnv
+from actors.demos import chunk_episode, main, record_demo
+from actors.envs.tabletop import Expert, TabletopEnv
 from common.config import load_config
 from common.dataset import read_dataset, read_index
 from common.trajectory import EXPERT_VERSION
@@ -73,6 +73,7 @@ def test_refuses_to_overwrite_and_non_tabletop(tmp_path):
     assert len(read_index(out)) == 1
     assert main(load_config([f"demos.out={tmp_path / 'x'}", "env=libero"]), []) == 2
     assert main(_cfg(tmp_path / "y", "demos.obs_stride=0"), []) == 2
+    assert main(_cfg(tmp_path / "z", "demos.label=noisy"), []) == 2
 
 
 @pytest.mark.slow
@@ -86,3 +87,28 @@ def test_noisy_demos_still_fill_every_task(tmp_path):
     reference = next(read_dataset(clean))
     assert reference.init_state_id == records[0].init_state_id
     assert not np.array_equal(reference.actions[:2], records[0].actions[:2])   # noise shows
+
+
+def test_clean_labels_record_the_expert_intent_while_noise_moves_the_env(tmp_path):
+    """DART: with demos.label=clean the env follows the noisy actions, the record holds the
+    noiseless ones: replaying the labels from the same init state leaves the noisy path."""
+    cfg = _cfg(tmp_path / "d", "env.tasks=[goal/3]")
+    env = TabletopEnv(cfg.env, seed=0)
+    try:
+        spec = env.tasks()[0]
+        executed, labels = [], []
+
+        class Spy(Expert):
+            def act(self):
+                a = super().act()
+                executed.append(a)
+                labels.append(self.clean_action)
+                return a
+
+        traj = record_demo(env, Spy(env, noise=0.2, seed=1), spec, 0, 1, "t", label="clean")
+    finally:
+        env.close()
+    recorded = traj.actions.reshape(-1, 7)[:traj.length]
+    np.testing.assert_array_equal(recorded, np.stack(labels))
+    assert np.abs(np.stack(executed) - recorded).max() > 0.05     # the env saw other actions
+    assert np.abs(recorded).max() <= 1.0

@@ -83,7 +83,7 @@ def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
     # phase 2: one rank, until version resume_version + 3
     target = resume_version + 3
     args = learner_args(tmp_path, **{"learner.checkpoint_every": 2,
-                                     "learner.max_versions": target})
+                                     "learner.max_versions": target, "learner.torch_threads": 1})
     proc = start_learner(args, tmp_path / "learner2.log")
     try:
         assert proc.wait(timeout=400) == 0, (tmp_path / "learner2.log").read_text()[-3000:]
@@ -91,6 +91,7 @@ def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
         proc.kill()
     starts = [r for r in read_jsonl(tmp_path / "learner.jsonl") if r["event"] == "start"]
     assert [s["resumed_from"] for s in starts] == [None, resume_version]
+    assert starts[1]["torch_threads"] == 1
     rows = updates(tmp_path)
     second = [r for r in rows if r["time"] > starts[1]["time"]]
     assert [r["policy_version"] for r in second] == list(range(resume_version + 1, target + 1))

@@ -77,6 +77,7 @@ class Expert:
         self._episode = None
         self.goal_index, self.phase, self.timer, self.offset = 0, "approach", 0, GRASP_DEPTH
         self.want_yaw = 0.0
+        self.clean_action: np.ndarray | None = None
 
     def act(self) -> np.ndarray:
         """float32 [7]: the next action for the env's current state."""
@@ -89,6 +90,8 @@ class Expert:
             self._next("approach")
         goals = env.task.goals
         action = self._goal_action(goals[min(self.goal_index, len(goals) - 1)])
+        # kept so that demos can label a noisy step with what the expert meant (DART)
+        self.clean_action = action.astype(np.float32)
         if self.noise > 0:
             action = np.clip(action + self.rng.normal(0.0, self.noise, 7), -1.0, 1.0)
         return action.astype(np.float32)
