@@ -48,9 +48,12 @@ def digest(payload: bytes) -> str:
 
 
 def sender_worker(address: str, worker: int, count: int, out_queue, progress,
-                  resend_after_s: float = 0.5, send_first_again: bool = False) -> None:
+                  resend_after_s: float = 0.5, send_first_again: bool = False,
+                  hold=None) -> None:
     """Send ``count`` small trajectories (groups of 4) and report
-    (worker, acked ids, {id: sha256 of payload}, sender stats, flushed)."""
+    (worker, acked ids, {id: sha256 of payload}, sender stats, flushed). ``hold``: an Event
+    awaited after the first half, once that half is acknowledged (so a test can act
+    mid-stream however fast the machine is)."""
     from common.synthetic import make_trajectory
     from common.trajectory import encode
     from common.transport import TrajectorySender
@@ -67,6 +70,10 @@ def sender_worker(address: str, worker: int, count: int, out_queue, progress,
             digests[traj.trajectory_id] = digest(raw)
             sender.send(raw, traj.trajectory_id, timeout_s=120)
             progress.value = sender.counters["acked"]
+            if hold is not None and i == count // 2 - 1:
+                sender.flush(120)
+                progress.value = sender.counters["acked"]
+                hold.wait(120)
         if send_first_again:
             first = f"w{worker}-0000"
             sender.send(make_trajectory(np.random.default_rng(worker), trajectory_id=first,
