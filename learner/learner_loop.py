@@ -175,6 +175,10 @@ class Learner:
                 log.info("v%d waiting for groups: %d complete in store, filter %s, actors %s",
                          self.version, s["complete_groups"], self.filter.report(),
                          self.health.counts())
+                # so that `pushcut run`'s status shows what the filter drops before any update
+                self.metrics.log({"event": "wait", "policy_version": self.version,
+                                  "queue_groups": s["complete_groups"], **self.filter.report()},
+                                 step=self.version)
         return None
 
     def _update(self, selection: Selection) -> None:

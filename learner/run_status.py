@@ -20,7 +20,7 @@ from rich.table import Table
 
 
 class LearnerLog:
-    """Tail of ``learner.jsonl``: the newest start/update records."""
+    """Tail of ``learner.jsonl``: the newest start/update/wait records."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -28,6 +28,7 @@ class LearnerLog:
         self._partial = ""
         self.last_update: dict[str, Any] | None = None
         self.last_start: dict[str, Any] | None = None
+        self.last_wait: dict[str, Any] | None = None
         self.updates = 0
 
     def refresh(self) -> None:
@@ -49,6 +50,8 @@ class LearnerLog:
                 self.updates += 1
             elif record.get("event") == "start":
                 self.last_start = record
+            elif record.get("event") == "wait":
+                self.last_wait = record
 
 
 # an actor's progress line (actors/actor_process.py): "<actor_id> v<version> | <n> env steps/s"
@@ -100,7 +103,10 @@ class StatusBoard:
         u = self.learner_log.last_update or {}
         start = self.learner_log.last_start or {}
         store = self._store_stats() or {}
-        drops = {k[len("dropped_"):]: v for k, v in u.items() if k.startswith("dropped_")}
+        # filter counters: from the newest update or, while the learner waits, wait record
+        wait = self.learner_log.last_wait or {}
+        counts = wait if wait.get("time", 0) > u.get("time", 0) else u
+        drops = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_")}
         env_rate, actor_versions = u.get("env_steps_per_s"), None
         if not u.get("actors_live"):          # no heartbeats: the actors' own log lines
             logged = actor_rates(self.actor_logs)
@@ -114,7 +120,7 @@ class StatusBoard:
             "success_rate": u.get("success_rate"), "staleness_mean": u.get("staleness_mean"),
             "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
             "queue_groups": store.get("complete_groups"),
-            "store_trajectories": store.get("trajectories"), "kept": u.get("kept"),
+            "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
             "dropped": drops, "actors_live": u.get("actors_live"),
             "children": {name: ("running" if alive else "exited")
                          for name, alive in children.items()},

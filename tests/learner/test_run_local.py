@@ -60,6 +60,13 @@ def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
     text = console.export_text()
     assert "policy_version" in text and "stale 2" in text and "130" in text
     assert "v5" in one_line(figures) and "130 steps/s" in one_line(figures)
+    # while the learner waits for a batch, its wait records carry the filter's counters
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "wait", "time": 2e9, "policy_version": 5, "kept": 7,
+                            "dropped_stale": 2, "dropped_success_low": 40}) + "\n")
+    figures = board.figures({"learner": True, "actor-0": True})
+    assert figures["dropped"] == {"stale": 2, "success_low": 40} and figures["kept"] == 7
+    assert figures["policy_version"] == 5 and "success_low=40" in one_line(figures)
 
 
 def tiny_run_args(run_dir: Path, **extra) -> list[str]:
