@@ -171,14 +171,12 @@ class Learner:
             self.health.poll(0)
             if time.monotonic() >= next_log:
                 next_log = time.monotonic() + 10.0
-                s = self.store.stats()
+                queued, counters = self.store.stats()["complete_groups"], self.filter.report()
                 log.info("v%d waiting for groups: %d complete in store, filter %s, actors %s",
-                         self.version, s["complete_groups"], self.filter.report(),
-                         self.health.counts())
+                         self.version, queued, counters, self.health.counts())
                 # so that `pushcut run`'s status shows what the filter drops before any update
                 self.metrics.log({"event": "wait", "policy_version": self.version,
-                                  "queue_groups": s["complete_groups"], **self.filter.report()},
-                                 step=self.version)
+                                  "queue_groups": queued, **counters}, step=self.version)
         return None
 
     def _update(self, selection: Selection) -> None:

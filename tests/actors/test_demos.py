@@ -90,8 +90,8 @@ def test_noisy_demos_still_fill_every_task(tmp_path):
 
 
 def test_clean_labels_record_the_expert_intent_while_noise_moves_the_env(tmp_path):
-    """DART: with demos.label=clean the env follows the noisy actions, the record holds the
-    noiseless ones: replaying the labels from the same init state leaves the noisy path."""
+    """DART: with demos.label=clean the env follows the noisy actions while the record holds
+    the expert's noiseless ones, step for step."""
     cfg = _cfg(tmp_path / "d", "env.tasks=[goal/3]")
     env = TabletopEnv(cfg.env, seed=0)
     try:
