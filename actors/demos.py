@@ -21,6 +21,7 @@ Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import zlib
 from collections import defaultdict
@@ -102,6 +103,12 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     from actors.envs.tabletop import Expert, TabletopEnv
 
     env = TabletopEnv(cfg.env, cfg.seed)
+    if cfg.demos.per_task > cfg.env.num_train_init_states:
+        # the tabletop suite draws layouts procedurally, so more training ids cost nothing
+        print(f"pushcut demos: warning: demos.per_task={cfg.demos.per_task} > "
+              f"env.num_train_init_states={cfg.env.num_train_init_states}, so some layouts get "
+              "a second demo; set env.num_train_init_states >= demos.per_task for one layout "
+              "per demo", file=sys.stderr)
     stats: dict[str, dict] = defaultdict(lambda: {"kept": 0, "failed": 0, "steps": 0})
     try:
         with Progress(console=Console(stderr=True)) as progress:

@@ -155,9 +155,22 @@ def render(f: dict[str, Any]) -> Table:
         ("filter kept / dropped", f"{_fmt(f['kept'])} / {drops}"),
         ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
     ]
+    hint = stall_hint(f)
+    if hint:
+        rows.append(("hint", hint))
     for what, value in rows:
         table.add_row(what, value)
     return table
+
+
+def stall_hint(f: dict[str, Any]) -> str | None:
+    """Why the learner makes no version, when the filter's counters say so: GRPO learns
+    nothing from groups whose members all fail, so a policy that never succeeds never trains."""
+    low = f["dropped"].get("success_low", 0)
+    if f["kept"] or low < 16:
+        return None
+    return (f"no group kept, {low} dropped with too few successes: the starting policy is "
+            "too weak for GRPO; train SFT longer (sft.steps) or lower algo.temperature")
 
 
 def one_line(f: dict[str, Any]) -> str:
@@ -168,4 +181,5 @@ def one_line(f: dict[str, Any]) -> str:
             f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | success "
             f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
             f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
-            f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes")
+            f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"
+            + (f" | {stall_hint(f)}" if stall_hint(f) else ""))

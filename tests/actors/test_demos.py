@@ -76,6 +76,16 @@ def test_refuses_to_overwrite_and_non_tabletop(tmp_path):
     assert main(_cfg(tmp_path / "z", "demos.label=noisy"), []) == 2
 
 
+def test_more_demos_than_training_layouts_warns_and_repeats_layouts(tmp_path, capsys):
+    out = tmp_path / "demos"
+    assert main(_cfg(out, "demos.per_task=3", "env.tasks=[goal/3]",
+                     "env.num_train_init_states=2"), []) == 0
+    assert "demos.per_task=3 > env.num_train_init_states=2" in capsys.readouterr().err
+    assert sorted(r.init_state_id for r in read_dataset(out)) == [0, 0, 1]
+    assert main(_cfg(tmp_path / "d2", "demos.per_task=2", "env.tasks=[goal/3]"), []) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_noisy_demos_still_fill_every_task(tmp_path):
     out = tmp_path / "noisy"

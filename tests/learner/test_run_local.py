@@ -67,6 +67,15 @@ def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
     figures = board.figures({"learner": True, "actor-0": True})
     assert figures["dropped"] == {"stale": 2, "success_low": 40} and figures["kept"] == 7
     assert figures["policy_version"] == 5 and "success_low=40" in one_line(figures)
+    assert "too weak" not in one_line(figures)             # groups were kept: no stall
+    # a policy that never succeeds: every group dropped, none kept -> the status says why
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "wait", "time": 2e9 + 1, "policy_version": 0, "kept": 0,
+                            "dropped_success_low": 40}) + "\n")
+    figures = board.figures({"learner": True, "actor-0": True})
+    assert "too weak for GRPO" in one_line(figures)
+    console.print(render(figures))
+    assert "sft.steps" in console.export_text()
 
 
 def tiny_run_args(run_dir: Path, **extra) -> list[str]:
