@@ -163,11 +163,15 @@ def render(f: dict[str, Any]) -> Table:
     return table
 
 
+# all-fail groups dropped, none kept, before the status calls it a stall (two batches' worth)
+STALL_HINT_AFTER = 16
+
+
 def stall_hint(f: dict[str, Any]) -> str | None:
     """Why the learner makes no version, when the filter's counters say so: GRPO learns
     nothing from groups whose members all fail, so a policy that never succeeds never trains."""
     low = f["dropped"].get("success_low", 0)
-    if f["kept"] or low < 16:
+    if f["kept"] or low < STALL_HINT_AFTER:
         return None
     return (f"no group kept, {low} dropped with too few successes: the starting policy is "
             "too weak for GRPO; train SFT longer (sft.steps) or lower algo.temperature")
@@ -176,10 +180,11 @@ def stall_hint(f: dict[str, Any]) -> str | None:
 def one_line(f: dict[str, Any]) -> str:
     drops = ",".join(f"{k}={v}" for k, v in sorted(f["dropped"].items())) or "0"
     running = sum(v == "running" for v in f["children"].values())
+    hint = stall_hint(f)
     return (f"[{f['elapsed_s']:.0f}s] v{_fmt(f['policy_version'])} | env "
             f"{_fmt(f['env_steps_per_s'], '.0f')} steps/s | learner "
             f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | success "
             f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
             f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
             f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"
-            + (f" | {stall_hint(f)}" if stall_hint(f) else ""))
+            + (f" | {hint}" if hint else ""))
