@@ -3,7 +3,7 @@ records, send them, and swap weights only between groups.
 
 In: a :class:`VectorRollout` (envs + policy), a :class:`TaskScheduler`, a ``send`` callable
 (``TrajectorySender.send``, which blocks while the store is behind), optionally a
-:class:`~common.weights.WeightClient`. Out: :class:`~common.trajectory.Trajectory` records,
+:class:`~common.transport.weights.WeightClient`. Out: :class:`~common.wire.trajectory.Trajectory` records,
 complete groups only, each stamped with the ``policy_version`` it was generated with.
 
 A round rolls out ``groups_per_round`` groups of ``group_size`` members that share
@@ -29,7 +29,7 @@ import torch
 
 from actors.rollout import Episode, EpisodeRequest, VectorRollout
 from actors.scheduler import TaskScheduler
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from actors.actor import Actor  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
-from common.health import HeartbeatSender  # noqa: E402
-from common.security import CurveClientKeys  # noqa: E402
-from common.transport import TrajectorySender  # noqa: E402
-from common.weights import WeightClient  # noqa: E402
+from common.transport.heartbeats import HeartbeatSender  # noqa: E402
+from common.transport.curve import CurveClientKeys  # noqa: E402
+from common.transport.trajectories import TrajectorySender  # noqa: E402
+from common.transport.weights import WeightClient  # noqa: E402
 
 log = logging.getLogger("pushcut.actor")
 

@@ -8,7 +8,7 @@ demo: ``policy_version = -1`` (EXPERT_VERSION), images/proprio observed every S 
 ``actions`` float32 [T, S, 7] (the S steps after each observation; T = ceil(length / S)),
 no tokens ([T, 0]), ``valid_mask`` [T, S*7], ``length`` = env steps, each demo its own group
 (group_size 1). So a record's chunk size is the observation stride, not the policy's chunk
-size C: SFT (``learner/sft_data.py``) re-chunks the action sequence into the C actions after
+size C: SFT (``learner/sft/data.py``) re-chunks the action sequence into the C actions after
 every observation. S = 1 (default) observes every env step, which gives C times as many
 training decisions as S = C (BC pipelines train on every timestep). Failed demos are not
 kept: the recorder moves on to the next training init state (cycling) and counts them.
@@ -35,7 +35,7 @@ from rich.table import Table
 from actors.envs.base import TaskSpec
 from common.config.schema import PushcutConfig
 from common.dataset import write_trajectory
-from common.trajectory import EXPERT_VERSION, Trajectory
+from common.wire.trajectory import EXPERT_VERSION, Trajectory
 
 
 def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:

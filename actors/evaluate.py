@@ -32,7 +32,7 @@ from rich.table import Table
 from actors.envs.base import TaskSpec
 from actors.rollout import Episode, EpisodeRequest, VectorRollout
 from common.config.schema import EnvConfig, PushcutConfig
-from common.policy import Policy
+from common.models.policy import Policy
 
 
 def heldout_requests(tasks: Sequence[TaskSpec], heldout_ids: dict[str, list[int]],

@@ -1,4 +1,4 @@
-"""The tabletop scripted expert behind the :class:`~common.policy.Policy` interface, so that an
+"""The tabletop scripted expert behind the :class:`~common.models.policy.Policy` interface, so that an
 actor can be driven with a policy whose successes are known (tests, smoke runs).
 
 In: the in-process ``TabletopEnv`` s the rollout steps (the expert reads privileged state),
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from actors.envs.tabletop import Expert, TabletopEnv
-from common.policy import ObsBatch
-from common.tokenizer import ActionTokenizer
+from common.models.policy import ObsBatch
+from common.models.action_tokenizer import ActionTokenizer
 
 _STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 

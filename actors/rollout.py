@@ -30,7 +30,7 @@ import torch
 
 from actors.env_workers import ChunkResult, EnvWorkerError, InProcessWorker
 from actors.envs.base import TaskSpec
-from common.policy import ObsBatch, Policy
+from common.models.policy import ObsBatch, Policy
 
 log = logging.getLogger(__name__)
 

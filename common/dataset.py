@@ -1,7 +1,7 @@
 """Demonstration datasets on disk: a directory of trajectory records.
 
 Layout: ``<dir>/index.jsonl`` (one line per record: trajectory_id, task_id, file) and
-``<dir>/records/<trajectory_id>.msgpack`` holding :func:`common.trajectory.encode` bytes,
+``<dir>/records/<trajectory_id>.msgpack`` holding :func:`common.wire.trajectory.encode` bytes,
 so a dataset is the same wire format the actors stream, validated again on read.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from common.trajectory import Trajectory, decode, encode
+from common.wire.trajectory import Trajectory, decode, encode
 
 
 def write_trajectory(root: str | os.PathLike, traj: Trajectory) -> None:

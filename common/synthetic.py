@@ -10,7 +10,7 @@ import uuid
 
 import numpy as np
 
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 
 
 def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, group_size: int = 8,

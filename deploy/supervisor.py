@@ -1,6 +1,6 @@
 """Keeps one pushcut role (``pushcut store|learner|actor``) alive as an OS process.
 
-In: the role's command line (``python -m common.cli <role> key=value ...``) and environment.
+In: the role's command line (``python -m deploy.cli <role> key=value ...``) and environment.
 Out: a running child process, restarted with a backoff when it dies unexpectedly, and a
 status dict (pid, restarts, last exit code). A restarted actor resyncs by itself: on start
 it fetches the learner's current policy_version before generating.
@@ -8,7 +8,7 @@ it fetches the learner's current policy_version before generating.
 Used by the Ray launcher (:mod:`deploy.ray_launch`, one supervisor inside each Ray actor) and
 by the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
 
-A child runs in its own session (so :meth:`ProcessSupervisor.stop` reaches its grandchildren)
+A child leads a process group of its own (setsid, so :meth:`ProcessSupervisor.stop` reaches its grandchildren)
 and therefore outlives a supervisor that is SIGKILLed. Two options close that gap when the
 supervisor itself can die (a Ray worker): ``die_with_parent`` (Linux: the kernel sends the
 child SIGTERM when the supervising thread dies) and ``pid_file`` (the next supervisor of the
@@ -65,7 +65,7 @@ def reap_stale(pid_file: str, timeout_s: float = 30.0) -> Optional[int]:
 
 def role_argv(role: str, overrides: list[str]) -> list[str]:
     """The command line of one pushcut role run by the current interpreter."""
-    return [sys.executable, "-m", "common.cli", role, *overrides]
+    return [sys.executable, "-m", "deploy.cli", role, *overrides]
 
 
 @dataclass

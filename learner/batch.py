@@ -1,4 +1,4 @@
-"""Collation: complete GRPO groups of :class:`~common.trajectory.Trajectory` -> one
+"""Collation: complete GRPO groups of :class:`~common.wire.trajectory.Trajectory` -> one
 :class:`Batch` of decisions, and its split over ranks and micro-batches.
 
 In: ``list[list[Trajectory]]`` (one inner list per group, every member present). Out: a
@@ -19,8 +19,8 @@ import msgpack
 import numpy as np
 import torch
 
-from common.policy import ObsBatch
-from common.trajectory import Trajectory, decode, encode
+from common.models.policy import ObsBatch
+from common.wire.trajectory import Trajectory, decode, encode
 from learner.loss import group_advantages
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from common.config.schema import AlgoConfig
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from learner.store import GroupInfo, TrajectoryStore

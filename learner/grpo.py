@@ -49,7 +49,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 class GRPO:
     """``GRPO(policy, optimizer, algo_cfg).update(batch) -> stats``.
 
-    ``policy`` fills common.policy.Policy (optionally FSDP-sharded); if it has
+    ``policy`` fills common.models.policy.Policy (optionally FSDP-sharded); if it has
     ``logits(obs) -> [B, K, num_bins]`` the exact entropy is reported (and can be a loss
     term), otherwise its ``log_probs`` is used and the entropy is estimated from the
     behaviour log-probs. ``reference``: a frozen policy for the KL term, needed only when

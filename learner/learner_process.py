@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import dataclasses
 import json
 import logging
 import signal
 import sys
 import threading
 
-import msgpack
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -37,6 +35,8 @@ from omegaconf import OmegaConf
 
 from common.config.schema import PushcutConfig
 from learner.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore_rng
+from learner.learner import Learner
+from learner.ranks import effective_algo, follow
 from learner.trainer import Trainer, broadcast_bytes, free_port, init_process_group
 
 log = logging.getLogger("pushcut.learner")
@@ -51,40 +51,12 @@ def cfg_from_yaml(text: str) -> PushcutConfig:
     return OmegaConf.to_object(merged)
 
 
-def effective_algo(cfg: PushcutConfig):
-    """mode=sync trains only on groups of the current version (staleness 0)."""
-    if cfg.mode not in ("async", "sync"):
-        raise ValueError(f"mode must be async or sync, got {cfg.mode!r}")
-    return dataclasses.replace(cfg.algo, max_staleness=0) if cfg.mode == "sync" else cfg.algo
-
-
 def initial_policy(cfg: PushcutConfig, checkpoint: Checkpoint | None):
     """The checkpoint's exported policy when resuming, else model.checkpoint / fresh."""
     from common.models import build_policy, load_policy
     if checkpoint is not None:
         return load_policy(checkpoint.policy_dir)
     return build_policy(cfg.model)
-
-
-def send_command(op: str, device) -> None:
-    broadcast_bytes(msgpack.packb({"op": op}), device)
-
-
-def follow(trainer: Trainer) -> None:
-    """Ranks >= 1: do the collective half of whatever rank 0 announces, until 'stop'."""
-    while True:
-        op = msgpack.unpackb(broadcast_bytes(None, trainer.device))["op"]
-        if op == "train":
-            trainer.train(None)
-            trainer.full_state_dict()
-        elif op == "state":
-            trainer.full_state_dict()
-        elif op == "checkpoint":
-            trainer.optimizer_state_dict()
-        elif op == "stop":
-            return
-        else:
-            raise RuntimeError(f"rank {trainer.rank}: unknown command {op!r} from rank 0")
 
 
 def _die_with_parent() -> None:
@@ -123,7 +95,6 @@ def run_rank(rank: int, world_size: int, init_method: str, cfg_yaml: str,
         if rank > 0:
             follow(trainer)
             return {}
-        from learner.learner_loop import Learner
         with Learner(cfg, trainer, template, stop or threading.Event(), ckpt) as learner:
             return learner.run()
     finally:

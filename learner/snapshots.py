@@ -1,6 +1,6 @@
 """Policy snapshots for learning curves, and the learner's run budget (wall clock, versions).
 
-In (from rank 0 of the learner, learner/learner_loop.py): the unsharded policy template and
+In (from rank 0 of the learner, learner/learner.py): the unsharded policy template and
 the current full state dict, its ``policy_version``, the wall time since the learner started
 and the env steps counted so far. Out: one directory per snapshot under
 ``<run_dir>/snapshots/``::
@@ -13,7 +13,7 @@ and the env steps counted so far. Out: one directory per snapshot under
 
 Snapshots are written every ``learner.snapshot_every`` versions and when the learner stops;
 they are never pruned (``learner.keep_checkpoints`` applies to checkpoints only), so an
-experiment can evaluate every one of them afterwards (learner/experiment.py). A snapshot is
+experiment can evaluate every one of them afterwards (deploy/experiment.py). A snapshot is
 written into a hidden temporary directory and renamed into place, so a listed snapshot is
 always complete.
 """

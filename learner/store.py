@@ -1,7 +1,7 @@
 """The trajectory store: durable, bounded, idempotent storage of trajectories in LMDB.
 
 In: trajectories (with their wire bytes) from the ingest service (``pushcut store``,
-learner/store_service.py) or from the learner's own ingest. Out: complete groups for the
+learner/store_process.py) or from the learner's own ingest. Out: complete groups for the
 dynamic-sampling filter and the learner, which marks what it has used as consumed.
 
 One LMDB environment (a directory), named sub-databases:
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 import lmdb
 import msgpack
 
-from common.trajectory import Trajectory, WireError, decode, encode
+from common.wire.trajectory import Trajectory, WireError, decode, encode
 
 T = TypeVar("T")
 EVICTED = "evicted"                   # consumption reason of groups evicted before use

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from common.config.schema import AlgoConfig, LearnerConfig
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 from learner.batch import collate, pack_groups, rank_trajectories, unpack_groups
 from learner.grpo import GRPO, make_optimizer
 

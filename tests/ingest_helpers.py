@@ -23,7 +23,7 @@ class StoreProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "store", f"store.path={path}",
+            [sys.executable, "-m", "deploy.cli", "store", f"store.path={path}",
              f"store.ingest_address={address}", "store.log_every_s=0.5", *overrides],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
@@ -55,8 +55,8 @@ def sender_worker(address: str, worker: int, count: int, out_queue, progress,
     awaited after the first half, once that half is acknowledged (so a test can act
     mid-stream however fast the machine is)."""
     from common.synthetic import make_trajectory
-    from common.trajectory import encode
-    from common.transport import TrajectorySender
+    from common.wire.trajectory import encode
+    from common.transport.trajectories import TrajectorySender
 
     rng = np.random.default_rng(worker)
     digests = {}

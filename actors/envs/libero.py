@@ -141,7 +141,7 @@ def _prepare_libero_import() -> None:
     gl = os.environ.setdefault("MUJOCO_GL", "egl")
     if gl in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", gl)
-    from actors.libero_setup import SetupError, ensure_libero_config, libero_package_dir
+    from actors.envs.libero_setup import SetupError, ensure_libero_config, libero_package_dir
     try:
         ensure_libero_config(libero_package_dir())
     except SetupError as exc:

@@ -1,12 +1,12 @@
-"""Policy models behind the :class:`common.policy.Policy` interface, and how to get one.
+"""Policy models behind the :class:`common.models.policy.Policy` interface, and how to get one.
 
 - ``build_policy(model_cfg, action_stats=None)``: fresh weights, sizes from the named
   preset plus ``model_cfg.kwargs`` (or the checkpoint in ``model_cfg.checkpoint``).
 - ``load_policy(path, device="cpu")``: a ``save_pretrained`` directory, dispatched on the
   ``model_type`` in its ``config.json``.
 
-Registry: ``tiny_vla`` (common/models/tiny_vla.py) and ``openvla_oft``
-(common/models/openvla_oft.py). Model modules are imported only when used. A registered
+Registry: ``tiny_vla`` (common/models/tiny_vla/modeling.py) and ``openvla_oft``
+(common/models/openvla_oft/modeling.py). Model modules are imported only when used. A registered
 class is a ``PreTrainedModel`` with ``from_pretrained``, a classmethod
 ``from_model_config(model_cfg, action_stats) -> Policy`` for fresh weights, and optionally
 ``MODEL_TYPES`` (the config.json model_types it loads; default its config's model_type).
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from common.config.schema import ModelConfig
-from common.policy import Policy
+from common.models.policy import Policy
 
 # name (ModelConfig.name) -> "module:Class"
 REGISTRY: dict[str, str] = {
-    "tiny_vla": "common.models.tiny_vla:TinyVLAPolicy",
-    "openvla_oft": "common.models.openvla_oft:OpenVLAOFTPolicy",
+    "tiny_vla": "common.models.tiny_vla.modeling:TinyVLAPolicy",
+    "openvla_oft": "common.models.openvla_oft.modeling:OpenVLAOFTPolicy",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

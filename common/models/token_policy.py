@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.policy import ObsBatch
+from common.models.policy import ObsBatch
 
 
 def _check_temperature(temperature: float) -> None:
@@ -30,7 +30,7 @@ def gumbel_sample(logp: torch.Tensor, generator: torch.Generator | None = None) 
 
 
 class TokenPolicyMixin:
-    """Mixed into a ``PreTrainedModel`` subclass to make it a :class:`common.policy.Policy`."""
+    """Mixed into a ``PreTrainedModel`` subclass to make it a :class:`common.models.policy.Policy`."""
 
     @property
     def chunk_size(self) -> int:

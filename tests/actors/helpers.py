@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 from learner.store import TrajectoryStore
 
 from tests.waiting import free_port, wait_until as wait_for  # noqa: F401  (re-exported)
@@ -22,7 +22,7 @@ def pushcut(*args: str, **popen) -> subprocess.Popen:
     """``pushcut ARGS`` as a separate OS process (the console script's module)."""
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
-    return subprocess.Popen([sys.executable, "-m", "common.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=REPO, env=env,
                             **popen)
 
 

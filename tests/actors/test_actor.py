@@ -20,10 +20,10 @@ from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
-from common.policy import ObsBatch  # noqa: E402
-from common.transport import TrajectorySender  # noqa: E402
-from common.weights import WeightClient  # noqa: E402
-from learner.broadcast import WeightPublisher  # noqa: E402
+from common.models.policy import ObsBatch  # noqa: E402
+from common.transport.trajectories import TrajectorySender  # noqa: E402
+from common.transport.weights import WeightClient  # noqa: E402
+from common.transport.weight_publisher import WeightPublisher  # noqa: E402
 from tests.actors.helpers import StoreProcess, wait_for  # noqa: E402
 
 TEMPERATURE = 1.6

@@ -19,9 +19,9 @@ import torch  # noqa: E402
 
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
-from common.health import HealthMonitor  # noqa: E402
+from common.transport.heartbeats import HealthMonitor  # noqa: E402
 from common.models import build_policy  # noqa: E402
-from learner.broadcast import WeightPublisher  # noqa: E402
+from common.transport.weight_publisher import WeightPublisher  # noqa: E402
 from tests.actors.helpers import StoreProcess, pushcut, wait_for  # noqa: E402
 
 

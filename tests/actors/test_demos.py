@@ -8,7 +8,7 @@ from actors.demos import chunk_episode, main, record_demo
 from actors.envs.tabletop import Expert, TabletopEnv
 from common.config import load_config
 from common.dataset import read_dataset, read_index
-from common.trajectory import EXPERT_VERSION
+from common.wire.trajectory import EXPERT_VERSION
 
 
 def _cfg(out, *extra):

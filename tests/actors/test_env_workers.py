@@ -27,7 +27,7 @@ from actors.rollout import EpisodeRequest, VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
-from common.transport import TrajectorySender  # noqa: E402
+from common.transport.trajectories import TrajectorySender  # noqa: E402
 from tests.actors.helpers import REPO, StoreProcess  # noqa: E402
 
 GIB = 1 << 30
@@ -78,9 +78,9 @@ def test_libero_worker_count_reads_real_free_memory():
 @pytest.fixture(scope="module")
 def libero_installed():
     """LIBERO importable and configured; `pushcut setup libero` first when it is not."""
-    from actors.libero_setup import missing_requirements
+    from actors.envs.libero_setup import missing_requirements
     if missing_requirements():
-        proc = subprocess.run([sys.executable, "-m", "common.cli", "setup", "libero"], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "deploy.cli", "setup", "libero"], cwd=REPO,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]

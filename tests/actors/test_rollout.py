@@ -20,7 +20,7 @@ from actors.expert_policy import ExpertPolicy  # noqa: E402
 from actors.rollout import EpisodeRequest, VectorRollout  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
-from common.policy import ObsBatch  # noqa: E402
+from common.models.policy import ObsBatch  # noqa: E402
 
 C, D = 8, 7
 

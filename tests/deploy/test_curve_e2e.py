@@ -24,7 +24,7 @@ from tests.ingest_helpers import REPO, wait_until
 def make_keys(tmp: Path) -> Path:
     """``pushcut keys`` for the servers and both actors; only actor-good is authorized."""
     keys = tmp / "keys"
-    out = subprocess.run([sys.executable, "-m", "common.cli", "keys", str(keys), "server",
+    out = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", str(keys), "server",
                           "actor-good", "actor-bad"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

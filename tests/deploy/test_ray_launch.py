@@ -101,7 +101,7 @@ def role_processes(run_dir: Path, role: str) -> dict[str, psutil.Process]:
             argv = proc.cmdline()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if argv[2:4] != ["common.cli", role] or f"run_dir={run_dir}" not in argv \
+        if argv[2:4] != ["deploy.cli", role] or f"run_dir={run_dir}" not in argv \
                 or not _running(proc):
             continue
         ids = [a.split("=", 1)[1] for a in argv if a.startswith("actor.actor_id=")]
@@ -126,7 +126,7 @@ def deploy_overrides(tmp: Path, head: RayHead) -> list[str]:
 
 
 def pushcut(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "common.cli", *args], cwd=REPO, **kw)
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=REPO, **kw)
 
 
 def version_at(run_dir: Path, t: float) -> int:

@@ -9,9 +9,9 @@ import torch
 
 from common.config.schema import ModelConfig
 from common.models import build_policy
-from common.policy import ObsBatch
+from common.models.policy import ObsBatch
 from common.synthetic import make_trajectory
-from common.trajectory import Trajectory
+from common.wire.trajectory import Trajectory
 
 TEMPERATURE = 1.6
 

@@ -52,7 +52,7 @@ def learner_args(tmp: Path, **extra) -> list[str]:
 def start_learner(args: list[str], log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "common.cli", "learner", *args],
+        return subprocess.Popen([sys.executable, "-m", "deploy.cli", "learner", *args],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 

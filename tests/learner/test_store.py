@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.synthetic import make_trajectory
-from common.trajectory import WireError, encode
+from common.wire.trajectory import WireError, encode
 from learner.store import EVICTED, TrajectoryStore
 from tests.ingest_helpers import wait_until
 

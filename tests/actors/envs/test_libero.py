@@ -79,7 +79,7 @@ def test_task_ids_and_worker_count():
 @pytest.fixture(scope="module")
 def libero_ready():
     """`pushcut setup libero`: a fresh machine installs and downloads; later runs verify."""
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "setup", "libero"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "deploy.cli", "setup", "libero"], cwd=REPO,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -181,7 +181,7 @@ def test_success_through_sim_state_arrives_in_store(env, tmp_path):
     from actors.rollout import VectorRollout
     from actors.scheduler import TaskScheduler
     from common.models import build_policy
-    from common.transport import TrajectorySender
+    from common.transport.trajectories import TrajectorySender
 
     model_cfg = load_config(["model.preset=micro", f"+model.kwargs.image_size={SIZE}"]).model
     torch.manual_seed(0)

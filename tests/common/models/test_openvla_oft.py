@@ -1,4 +1,4 @@
-"""OpenVLA-OFT policy (common/models/openvla_oft.py) at the tiny preset, on CPU.
+"""OpenVLA-OFT policy (common/models/openvla_oft/modeling.py) at the tiny preset, on CPU.
 
 Token/bin/action rules are checked against values computed by hand from OpenVLA's
 definitions (bins = linspace(-1, 1, 256), centre b = -1 + (2b + 1) / 255, token = 31999 - b).
@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from common.config.schema import ModelConfig
-from common.models.openvla import action_bins, checkpoint
-from common.models.openvla.config import preset_config
-from common.models.openvla.prompt import (EMPTY_PIECE_ID, PromptEncoder, attention_bias,
+from common.models.openvla_oft import action_bins, checkpoint
+from common.models.openvla_oft.configuration import preset_config
+from common.models.openvla_oft.prompt import (EMPTY_PIECE_ID, PromptEncoder, attention_bias,
                                           layout_index)
-from common.models.openvla_oft import OpenVLAOFTPolicy
-from common.policy import ObsBatch, Policy
+from common.models.openvla_oft.modeling import OpenVLAOFTPolicy
+from common.models.policy import ObsBatch, Policy
 
 INSTRUCTIONS = ["put the red cube on the plate", "open the top drawer", "stack it"]
 
@@ -83,8 +83,8 @@ def test_policy_decodes_tokens_with_checkpoint_statistics(policy):
         assert actions[1, 7, 6] == pytest.approx(1 - 1 / 255)
         back = policy.actions_to_tokens(actions)
         assert np.abs(back - np.minimum(tokens, 254)).max() <= 1
-        # pushcut's SFT path: demo statistics from common.tokenizer, tokens by OpenVLA's rules
-        from common.tokenizer import ActionTokenizer
+        # pushcut's SFT path: demo statistics from common.models.action_tokenizer, tokens by OpenVLA's rules
+        from common.models.action_tokenizer import ActionTokenizer
         policy.set_data_stats(ActionTokenizer(q01, q99, normalize_mask=[True] * 6 + [False]))
         np.testing.assert_array_equal(policy.action_tokenizer.encode_chunk(actions), back)
         with pytest.raises(ValueError, match="K=56"):
@@ -360,7 +360,7 @@ def test_pushcut_run_trains_openvla_oft_tiny_end_to_end(tmp_path):
                 "learner.heartbeat_address")}}
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "common.cli", "run",
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "run",
                            *[f"{k}={v}" for k, v in args.items()]], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr

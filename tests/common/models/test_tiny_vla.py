@@ -5,9 +5,9 @@ import torch
 
 from common.config.schema import ModelConfig
 from common.models import build_policy, load_policy
-from common.models.tiny_vla import TinyVLAPolicy
-from common.policy import ObsBatch, Policy
-from common.tokenizer import ActionTokenizer
+from common.models.tiny_vla.modeling import TinyVLAPolicy
+from common.models.policy import ObsBatch, Policy
+from common.models.action_tokenizer import ActionTokenizer
 
 INSTRUCTIONS = ["put the red cube on the plate", "open the drawer", "stack the blue block"]
 

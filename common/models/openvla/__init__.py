@@ -1,5 +1,0 @@
-"""Parts of the OpenVLA-OFT policy (common/models/openvla_oft.py): config and presets,
-vision towers + projector, prompt and sequence layout, action-token rules, checkpoint names."""
-from common.models.openvla.config import OpenVLAOFTConfig, preset_config
-
-__all__ = ["OpenVLAOFTConfig", "preset_config"]

@@ -1,0 +1,33 @@
+"""``pushcut bench <name>``: throughput benchmarks, each against its stage's own limit
+measured in the same run. Each benchmark prints its figures and returns them as a dict."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from common.config import PushcutConfig
+
+BENCHMARKS = {
+    "ingest": ("learner.bench.ingest:run", "trajectory ingest vs raw durable LMDB writes"),
+    "env": ("actors.bench.env:run", "tabletop env steps/s, rendered and not, 1 and 2 processes"),
+    "actor": ("actors.bench.actor:run", "full actor env steps/s vs bare env stepping"),
+    "learner": ("learner.bench.update:run", "learner tokens/s for one RL micro-batch"),
+    "policy": ("actors.bench.policy:run", "policy action-chunks/s and memory by batch size"),
+    "libero": ("actors.bench.libero:run", "LIBERO worker step/reset time per core and RSS vs LIBERO's own env"),
+}
+
+
+def main(cfg: PushcutConfig, args: list[str]) -> int:
+    if len(args) != 1 or args[0] not in BENCHMARKS:
+        names = "\n".join(f"  {k:<8} {v[1]}" for k, v in BENCHMARKS.items())
+        print(f"usage: pushcut bench <name> [key=value ...]\n\nbenchmarks:\n{names}",
+              file=sys.stderr)
+        return 2
+    module, func = BENCHMARKS[args[0]][0].split(":")
+    figures = getattr(importlib.import_module(module), func)(cfg)
+    if cfg.bench.out:
+        Path(cfg.bench.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.bench.out).write_text(json.dumps(figures, indent=2))
+    return 0

@@ -1,0 +1,190 @@
+"""The live status of ``pushcut run`` (deploy/run_local.py): what the run is doing, from
+the files and processes it already has.
+
+In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
+read-only in this process once it exists), the children's liveness, and the actors' log
+lines for env steps/s when no actor heartbeats reach the learner. Out: a rich table
+(version, env steps/s, learner steps/s, success rate, staleness, queue depth, filter drops,
+actors) for ``rich.live.Live``, a one-line form for logs that are not a terminal, and the
+same figures as a dict for ``<run_dir>/run.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+class LearnerLog:
+    """Tail of ``learner.jsonl``: the newest start/update/wait records."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+        self._partial = ""
+        self.last_update: dict[str, Any] | None = None
+        self.last_start: dict[str, Any] | None = None
+        self.last_wait: dict[str, Any] | None = None
+        self.updates = 0
+
+    def refresh(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self._offset)
+            chunk = f.read()
+            self._offset = f.tell()
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()          # an incomplete last line waits for its end
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == "update":
+                self.last_update = record
+                self.updates += 1
+            elif record.get("event") == "start":
+                self.last_start = record
+            elif record.get("event") == "wait":
+                self.last_wait = record
+
+
+# an actor's progress line (actors/actor_process.py): "<actor_id> v<version> | <n> env steps/s"
+ACTOR_LINE = re.compile(rb"(\S+) v(\d+) \| (\d+) env steps/s")
+
+
+def actor_rates(log_paths: list[Path], tail_bytes: int = 8192) -> tuple[float, list[int]] | None:
+    """Sum of the newest env steps/s each actor logged, and their versions; None if no actor
+    has logged one yet. Used when actors send no heartbeats to the learner."""
+    total, versions = 0.0, []
+    for path in log_paths:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - tail_bytes))
+                found = ACTOR_LINE.findall(f.read())
+        except OSError:
+            continue
+        if found:
+            total += float(found[-1][2])
+            versions.append(int(found[-1][1]))
+    return (total, versions) if versions else None
+
+
+class StatusBoard:
+    """Collects the figures of one status refresh."""
+
+    def __init__(self, run_dir: Path, store_path: Path, mode: str,
+                 actor_logs: list[Path] | None = None):
+        self.actor_logs = actor_logs or []
+        self.learner_log = LearnerLog(run_dir / "learner.jsonl")
+        self.store_path = store_path
+        self.mode = mode
+        self.started = time.monotonic()
+        self._store = None
+
+    def _store_stats(self) -> dict[str, Any] | None:
+        if self._store is None:
+            if not (self.store_path / "data.mdb").exists():
+                return None
+            from learner.store import TrajectoryStore
+            self._store = TrajectoryStore(str(self.store_path), readonly=True)
+        try:
+            return self._store.stats()
+        except Exception:   # the store is being resized or restarted: next refresh
+            return None
+
+    def figures(self, children: dict[str, bool]) -> dict[str, Any]:
+        self.learner_log.refresh()
+        u = self.learner_log.last_update or {}
+        start = self.learner_log.last_start or {}
+        store = self._store_stats() or {}
+        # filter counters: from the newest update or, while the learner waits, wait record
+        wait = self.learner_log.last_wait or {}
+        counts = wait if wait.get("time", 0) > u.get("time", 0) else u
+        drops = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_")}
+        env_rate, actor_versions = u.get("env_steps_per_s"), None
+        if not u.get("actors_live"):          # no heartbeats: the actors' own log lines
+            logged = actor_rates(self.actor_logs)
+            if logged is not None:
+                env_rate, actor_versions = logged
+        return {
+            "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
+            "policy_version": u.get("policy_version", start.get("policy_version")),
+            "env_steps_per_s": env_rate, "actor_versions": actor_versions,
+            "learner_steps_per_s": u.get("learner_steps_per_s"),
+            "success_rate": u.get("success_rate"), "staleness_mean": u.get("staleness_mean"),
+            "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
+            "queue_groups": store.get("complete_groups"),
+            "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
+            "dropped": drops, "actors_live": u.get("actors_live"),
+            "children": {name: ("running" if alive else "exited")
+                         for name, alive in children.items()},
+        }
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def render(f: dict[str, Any]) -> Table:
+    table = Table(title=f"pushcut run ({f['mode']}, {f['elapsed_s']:.0f}s)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
+    rows = [
+        ("policy_version", _fmt(f["policy_version"])),
+        ("env steps/s (all actors)", _fmt(f["env_steps_per_s"], ".0f")),
+        ("actor versions", _fmt(f["actor_versions"])),
+        ("learner steps/s", _fmt(f["learner_steps_per_s"], ".3f")),
+        ("success rate (last batch)", _fmt(f["success_rate"], ".2f")),
+        ("staleness mean / max", f"{_fmt(f['staleness_mean'], '.2f')} / "
+                                 f"{_fmt(f['staleness_max'])}"),
+        ("queue (complete groups)", _fmt(f["queue_groups"])),
+        ("filter kept / dropped", f"{_fmt(f['kept'])} / {drops}"),
+        ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
+    ]
+    hint = stall_hint(f)
+    if hint:
+        rows.append(("hint", hint))
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+# all-fail groups dropped, none kept, before the status calls it a stall (two batches' worth)
+STALL_HINT_AFTER = 16
+
+
+def stall_hint(f: dict[str, Any]) -> str | None:
+    """Why the learner makes no version, when the filter's counters say so: GRPO learns
+    nothing from groups whose members all fail, so a policy that never succeeds never trains."""
+    low = f["dropped"].get("success_low", 0)
+    if f["kept"] or low < STALL_HINT_AFTER:
+        return None
+    return (f"no group kept, {low} dropped with too few successes: the starting policy is "
+            "too weak for GRPO; train SFT longer (sft.steps) or lower algo.temperature")
+
+
+def one_line(f: dict[str, Any]) -> str:
+    drops = ",".join(f"{k}={v}" for k, v in sorted(f["dropped"].items())) or "0"
+    running = sum(v == "running" for v in f["children"].values())
+    hint = stall_hint(f)
+    return (f"[{f['elapsed_s']:.0f}s] v{_fmt(f['policy_version'])} | env "
+            f"{_fmt(f['env_steps_per_s'], '.0f')} steps/s | learner "
+            f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | success "
+            f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
+            f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
+            f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"
+            + (f" | {hint}" if hint else ""))
