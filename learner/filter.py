@@ -101,6 +101,9 @@ class DynamicSamplingFilter:
     """The filter over a :class:`~learner.store.TrajectoryStore` (rank 0 of the learner).
 
     ``kept`` and ``dropped`` (Counter by reason) are cumulative over the process's life.
+    ``rollouts`` counts the trajectories and successes of every complete group the filter
+    has looked at, kept or dropped: the actors' unfiltered success, which the kept groups
+    (inside the success window by construction) cannot show.
     """
 
     def __init__(self, store: "TrajectoryStore", cfg: AlgoConfig):
@@ -108,6 +111,8 @@ class DynamicSamplingFilter:
         self.cfg = cfg
         self.kept = 0
         self.dropped: Counter[str] = Counter()
+        self.rollouts: Counter[str] = Counter()
+        self._counted: set[str] = set()
 
     def poll(self, policy_version: int, min_groups: int | None = None,
              max_groups: int | None = None) -> Selection | None:
@@ -116,8 +121,9 @@ class DynamicSamplingFilter:
         ``min_groups`` are waiting (the kept ones stay unconsumed for the next call)."""
         max_groups = max_groups or self.cfg.groups_per_batch
         min_groups = min(min_groups or self.cfg.groups_per_batch, max_groups)
-        chosen, dropped = select_groups(self.store.complete_groups(), policy_version, self.cfg,
-                                        max_groups)
+        infos = self.store.complete_groups()
+        self._count_rollouts(infos)
+        chosen, dropped = select_groups(infos, policy_version, self.cfg, max_groups)
         groups = []
         if len(chosen) >= min_groups:   # read trajectories only when a batch can form
             for info in list(chosen):
@@ -133,6 +139,14 @@ class DynamicSamplingFilter:
         self.kept += len(chosen)
         return Selection(groups=groups, infos=chosen, dropped=dropped)
 
+    def _count_rollouts(self, infos: list["GroupInfo"]) -> None:
+        # a group waiting for a later batch comes back on the next poll: count it once
+        for info in infos:
+            if info.group_id not in self._counted:
+                self.rollouts["trajectories"] += info.group_size
+                self.rollouts["successes"] += round(info.success_rate * info.group_size)
+        self._counted = {info.group_id for info in infos}
+
     def mark_trained(self, selection: Selection) -> None:
         self.store.mark_consumed(selection.group_ids, TRAINED)
 
@@ -142,5 +156,7 @@ class DynamicSamplingFilter:
         self.dropped.update(dropped.values())
 
     def report(self) -> dict[str, int]:
-        """{'kept': n, 'dropped_<reason>': n, ...} cumulative."""
-        return {"kept": self.kept, **{f"dropped_{r}": n for r, n in sorted(self.dropped.items())}}
+        """{'kept': n, 'dropped_<reason>': n, 'rollout_trajectories': n,
+        'rollout_successes': n} cumulative."""
+        return {"kept": self.kept, **{f"dropped_{r}": n for r, n in sorted(self.dropped.items())},
+                **{f"rollout_{k}": n for k, n in sorted(self.rollouts.items())}}

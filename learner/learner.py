@@ -81,6 +81,7 @@ class Learner:
         self.model_sd: dict | None = None
         self.updates = 0
         self._last_update_end = time.monotonic()
+        self._rollouts_seen = (0, 0)   # filter rollout counts at the last update line
         carried = checkpoint.extra if checkpoint is not None else {}
         self._wall_offset_s = float(carried.get("wall_s", 0.0))
         self._started = time.monotonic()
@@ -206,8 +207,9 @@ class Learner:
         t_prev, steps_prev = self._env_steps
         self._env_steps = (now, steps)
         store = self.store.stats()
+        counts = self.filter.report()
         record = {
-            "event": "update", **stats, **self.filter.report(),
+            "event": "update", **stats, **counts, "rollout_success": self._rollout_success(counts),
             "group_ids": selection.group_ids,
             "task_ids": [info.task_id for info in selection.infos],
             "batch_env_steps": sum(t.length for g in selection.groups for t in g),
@@ -225,6 +227,13 @@ class Learner:
                  stats["success_rate"], stats["staleness_mean"], int(stats["staleness_max"]),
                  stats["grad_norm"], wait_s, update_s, store["complete_groups"],
                  self.filter.report())
+
+    def _rollout_success(self, counts: dict) -> float | None:
+        """The actors' success over the groups the filter saw since the last update line
+        (None when it saw none): unfiltered, unlike the batch's ``success_rate``."""
+        now = (counts.get("rollout_trajectories", 0), counts.get("rollout_successes", 0))
+        (n0, s0), self._rollouts_seen = self._rollouts_seen, now
+        return (now[1] - s0) / (now[0] - n0) if now[0] > n0 else None
 
     def _checkpoint(self) -> None:
         t0 = time.monotonic()
