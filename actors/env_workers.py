@@ -9,24 +9,24 @@ simply compute at ``start_*``. A chunk renders only on its last step (the policy
 observation every C control steps), or on every step when a video is being recorded.
 
 Subprocess workers (heavy simulators such as LIBERO) are separate OS processes started with
-``python -m actors.env_workers ADDRESS ENV_CONFIG_JSON SEED``; they talk over a ZeroMQ PAIR
-socket on an ipc:// path, msgpack maps with arrays as ``{dtype, shape, data}`` (never
-pickle). A worker process exits when its parent goes away. Every request has a deadline and
-the child's liveness is polled while waiting: a dead or hung worker raises EnvWorkerError and
-``restart()`` replaces it (VectorRollout re-runs the lost episode). LIBERO workers (2-3 GB
-each) are capped at what fits in free memory (:func:`libero_worker_count`).
+``python -m actors.env_worker ADDRESS ENV_CONFIG_JSON SEED`` (the child side, in
+:mod:`actors.env_worker`; this module is the parent side). They talk over a ZeroMQ PAIR
+socket on an ipc:// path, msgpack maps with arrays as ``{dtype, shape, data}``
+(:mod:`common.wire.codec`, never pickle). A worker process exits when its parent goes away.
+Every request has a deadline and the child's liveness is polled while waiting: a dead or hung
+worker raises EnvWorkerError and ``restart()`` replaces it (VectorRollout re-runs the lost
+episode). LIBERO workers (2-3 GB each) are capped at what fits in free memory
+(:func:`libero_worker_count`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ import numpy as np
 import zmq
 
 from actors.envs.base import StepResult, TaskEnv, TaskSpec
+from common.wire.codec import pack_array, unpack_array
+from common.wire.errors import WireError
 
 log = logging.getLogger(__name__)
 
@@ -117,33 +119,37 @@ class InProcessWorker:
         self.env.close()
 
 
-# -- wire helpers ------------------------------------------------------------------------
-def pack_array(a: np.ndarray) -> dict[str, Any]:
-    a = np.ascontiguousarray(a)
-    return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
-
-
-def unpack_array(d: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(d["dtype"])
-    if dtype.hasobject:
-        raise EnvWorkerError(f"refusing object dtype {dtype}")
-    return np.frombuffer(d["data"], dtype=dtype).reshape(d["shape"])
-
-
-def _pack_obs(obs: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
+# -- wire helpers (both sides) ------------------------------------------------------------
+def pack_obs(obs: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
     return None if obs is None else {k: pack_array(v) for k, v in obs.items()}
 
 
-def _unpack_obs(d: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
-    return None if d is None else {k: unpack_array(v) for k, v in d.items()}
+def unpack_obs(d: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    return None if d is None else {k: unpack_array(v, k) for k, v in d.items()}
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _loads(raw: bytes) -> Any:
+def loads(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
+
+
+def decode_reply(op: str | None, reply: dict[str, Any]) -> Any:
+    """The child's reply to ``op`` -> what the parent hands out; WireError on a bad array."""
+    if op == "reset":
+        return unpack_obs(reply["obs"]), reply["env_s"]
+    if op == "chunk":
+        return ChunkResult(reply["steps"], reply["success"], reply["done"],
+                           unpack_obs(reply["obs"]),
+                           [unpack_array(f, "frame") for f in reply["frames"]], reply["env_s"])
+    if op == "step":
+        value = reply["value"]
+        return StepResult(unpack_obs(value["obs"]), value["success"], value["done"])
+    if op == "observe":
+        return unpack_obs(reply["value"])
+    return reply["value"]
 
 
 # -- subprocess worker: parent side -------------------------------------------------------
@@ -175,7 +181,7 @@ class SubprocessWorker:
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(self.address)
-        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_workers",
+        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_worker",
                                       self.address, self._cfg_json, str(self.seed)])
         self._pending: str | None = "hello"
 
@@ -207,15 +213,15 @@ class SubprocessWorker:
                     "steps_left": int(steps_left), "record_video": bool(record_video)})
 
     def result(self) -> Any:
+        """(obs, env_s) after start_reset; ChunkResult after start_chunk (a malformed reply
+        raises EnvWorkerError, like a dead worker)."""
         op = self._pending
         reply = self._await(op, self.reply_timeout_s)
-        if op == "reset":
-            return _unpack_obs(reply["obs"]), reply["env_s"]
-        if op == "chunk":
-            return ChunkResult(reply["steps"], reply["success"], reply["done"],
-                               _unpack_obs(reply["obs"]),
-                               [unpack_array(f) for f in reply["frames"]], reply["env_s"])
-        return reply["value"]
+        try:
+            return decode_reply(op, reply)
+        except WireError as exc:
+            raise EnvWorkerError(f"env worker {self.proc.pid}: bad reply to {op}: "
+                                 f"{exc}") from None
 
     # TaskEnv interface (blocking)
     def tasks(self) -> list[TaskSpec]:
@@ -232,18 +238,17 @@ class SubprocessWorker:
         self.start_reset(task_id, init_state_id)
         return self.result()[0]
 
-    def step(self, action: np.ndarray, render: bool = True):
-        value = self._call({"op": "step", "action": pack_array(np.asarray(action, np.float32)),
-                            "render": bool(render)})
-        return StepResult(_unpack_obs(value["obs"]), value["success"], value["done"])
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        return self._call({"op": "step", "action": pack_array(np.asarray(action, np.float32)),
+                           "render": bool(render)})
 
     def observe(self) -> dict[str, np.ndarray]:
-        return _unpack_obs(self._call({"op": "observe"}))
+        return self._call({"op": "observe"})
 
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self._sock.send(_dumps({"op": "close"}), zmq.NOBLOCK)
+                self._sock.send(dumps({"op": "close"}), zmq.NOBLOCK)
                 self.proc.wait(timeout=10)
             except (zmq.ZMQError, subprocess.TimeoutExpired):
                 self.proc.terminate()
@@ -272,7 +277,7 @@ class SubprocessWorker:
         if not self._sock.poll(int(self.send_timeout_s * 1000), zmq.POLLOUT):
             raise EnvWorkerError(f"env worker {self.proc.pid}: could not send {msg['op']} "
                                  f"in {self.send_timeout_s}s")
-        self._sock.send(_dumps(msg), zmq.NOBLOCK)
+        self._sock.send(dumps(msg), zmq.NOBLOCK)
         self._pending = msg["op"]
 
     def _call(self, msg: dict[str, Any]) -> Any:
@@ -289,71 +294,12 @@ class SubprocessWorker:
             if time.monotonic() > deadline:
                 raise EnvWorkerError(f"env worker {self.proc.pid}: no reply to {op} in "
                                      f"{timeout_s}s")
-        reply = _loads(self._sock.recv())
+        reply = loads(self._sock.recv())
         self._pending = None
         if not reply.get("ok"):
             raise EnvWorkerError(f"env worker {self.proc.pid} failed in {op}:\n"
                                  f"{reply.get('error')}")
         return reply
-
-
-# -- subprocess worker: child side --------------------------------------------------------
-def _handle(env: TaskEnv, msg: dict[str, Any]) -> dict[str, Any]:
-    op = msg["op"]
-    if op == "reset":
-        t0 = time.perf_counter()
-        obs = env.reset(msg["task_id"], msg["init_state_id"])
-        return {"obs": _pack_obs(obs), "env_s": time.perf_counter() - t0}
-    if op == "chunk":
-        r = run_chunk(env, unpack_array(msg["actions"]), msg["steps_left"], msg["record_video"])
-        return {"steps": r.steps, "success": r.success, "done": r.done, "obs": _pack_obs(r.obs),
-                "frames": [pack_array(f) for f in r.frames], "env_s": r.env_s}
-    if op == "step":
-        r = env.step(unpack_array(msg["action"]), render=msg["render"])
-        return {"value": {"obs": _pack_obs(r.obs), "success": bool(r.success),
-                          "done": bool(r.done)}}
-    if op == "tasks":
-        return {"value": [asdict(t) for t in env.tasks()]}
-    if op == "train_ids":
-        return {"value": [int(i) for i in env.train_init_state_ids(msg["task_id"])]}
-    if op == "heldout_ids":
-        return {"value": [int(i) for i in env.heldout_init_state_ids(msg["task_id"])]}
-    if op == "observe":
-        return {"value": _pack_obs(env.observe())}
-    raise ValueError(f"unknown env worker op {op!r}")
-
-
-def worker_main(address: str, env_cfg_json: str, seed: int) -> int:
-    """Child process: build the env, then answer requests until ``close`` or orphaned."""
-    from actors.envs import make_env
-    from common.config.schema import EnvConfig
-
-    parent = os.getppid()
-    sock = zmq.Context.instance().socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(address)
-    try:
-        env = make_env(EnvConfig(**json.loads(env_cfg_json)), seed)
-    except Exception:
-        sock.send(_dumps({"ok": False, "error": traceback.format_exc()}))
-        return 1
-    sock.send(_dumps({"ok": True}))
-    while True:
-        if not sock.poll(1000):
-            if os.getppid() != parent:   # orphaned: the actor is gone
-                break
-            continue
-        msg = _loads(sock.recv())
-        if msg.get("op") == "close":
-            break
-        try:
-            reply = {"ok": True, **_handle(env, msg)}
-        except Exception:
-            reply = {"ok": False, "error": traceback.format_exc()}
-        sock.send(_dumps(reply))
-    env.close()
-    sock.close()
-    return 0
 
 
 def libero_worker_count(requested: int, available_bytes: int | None = None,
@@ -408,7 +354,3 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *
     from actors.envs import make_env
     return [InProcessWorker(make_env(env_cfg, seed * 1000 + i)) for i in range(num_envs)]
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    sys.exit(worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from actors.envs.tabletop import Expert, TabletopEnv
-from common.models.policy import ObsBatch
+from common.models.policy import ObsBatch, logprob_temperature
 from common.models.action_tokenizer import ActionTokenizer
 
 _STATE = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -31,7 +31,7 @@ _STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 def peaked_log_prob(peak: float, num_bins: int, temperature: float) -> float:
     """log softmax(logits / T) at the peak bin, logits = peak there and 0 elsewhere
     (T == 0: under T = 1, as the Policy protocol says for greedy)."""
-    t = temperature if temperature > 0 else 1.0
+    t = logprob_temperature(temperature)
     return peak / t - math.log(math.exp(peak / t) + num_bins - 1)
 
 

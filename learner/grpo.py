@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from common.config.schema import AlgoConfig
+from common.models.policy import logprob_temperature
 from learner.batch import Batch, micro_batches, num_micro_batches
 from learner.loss import policy_loss, token_weights
 
@@ -79,7 +80,7 @@ class GRPO:
         tokens = part.tokens.to(self.device)
         if not hasattr(policy, "logits"):
             return policy.log_probs(part.obs(), tokens, part.temperature).float(), None
-        t = part.temperature if part.temperature > 0 else 1.0  # T = 0 is greedy: log-probs at 1
+        t = logprob_temperature(part.temperature)  # T = 0 is greedy: log-probs at 1
         logp_all = torch.log_softmax(policy.logits(part.obs()).float() / t, dim=-1)
         logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         src = logp_all if entropy_grad else logp_all.detach()

@@ -12,7 +12,7 @@ Observation batch (:class:`ObsBatch`), B envs, V cameras:
 
 Tokens are bin indices ``int64 [B, K]`` with K = C·D; log-probs are of the *tempered*
 distribution softmax(logits / T). ``temperature == 0`` means greedy (argmax, log-prob of the
-argmax under T = 1).
+argmax under T = 1): :func:`logprob_temperature` is that rule, for every policy and the learner.
 """
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+
+def logprob_temperature(temperature: float) -> float:
+    """The T of softmax(logits / T) that log-probs are taken at: ``temperature`` itself, or 1
+    for ``temperature == 0`` (greedy: the argmax is scored under the untempered policy)."""
+    return temperature if temperature > 0 else 1.0
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.models.policy import ObsBatch
+from common.models.policy import ObsBatch, logprob_temperature
 
 
 def _check_temperature(temperature: float) -> None:
@@ -51,7 +51,7 @@ class TokenPolicyMixin:
         _check_temperature(temperature)
         with torch.no_grad():
             logits = self.logits(obs)
-            logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+            logp = torch.log_softmax(logits / logprob_temperature(temperature), dim=-1)
             tokens = logits.argmax(dim=-1) if temperature == 0 else gumbel_sample(logp, generator)
             chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         return tokens.cpu(), chosen.cpu()
@@ -65,7 +65,7 @@ class TokenPolicyMixin:
         if tokens.shape != logits.shape[:2]:
             raise ValueError(f"tokens: shape {tuple(tokens.shape)}, expected "
                              f"{tuple(logits.shape[:2])} = [B, C*D]")
-        logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+        logp = torch.log_softmax(logits / logprob_temperature(temperature), dim=-1)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
     def tokens_to_actions(self, tokens: np.ndarray | torch.Tensor) -> np.ndarray:

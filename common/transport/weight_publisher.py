@@ -4,8 +4,8 @@ In: ``publish(policy_version, state_dict)`` from the learner after each optimise
 Out: a ZeroMQ PUB announcement of the version on ``announce_address`` (at once, and again every
 ``announce_every_s`` for subscribers that join late) and a ROUTER on ``weights_address`` that
 serves the version's safetensors bytes in ``chunk_mb`` chunks with sha256 digests. The wire
-messages and the client are in :mod:`common.transport.weights`; the learner process
-(``pushcut learner``) owns one publisher.
+messages are in :mod:`common.wire.weights`, the client in :mod:`common.transport.weights`;
+the learner process (``pushcut learner``) owns one publisher.
 
 Both sockets live on one background thread, so ``publish`` only serialises and hashes; the
 newest ``keep_versions`` versions stay servable, so an actor half-way through a fetch finishes
@@ -24,7 +24,7 @@ import zmq
 import zmq.auth
 
 from common.transport.curve import CurveServerKeys, apply_server_keys
-from common.transport.weights import (
+from common.wire.weights import (
     ANNOUNCE_TOPIC, Manifest, WeightWireError, make_manifest, pack, state_dict_to_bytes,
     unpack_map,
 )

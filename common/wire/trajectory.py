@@ -34,6 +34,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from common.wire.codec import pack_array, unpack_array
+from common.wire.errors import WireError  # also imported from here by the record's users
+
 SCHEMA_VERSION = 1
 EXPERT_VERSION = -1          # policy_version of scripted-expert demonstrations
 DEFAULT_MAX_BYTES = 64 << 20
@@ -59,17 +62,6 @@ SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "created_at": (float, int), "timings": (dict,),
 }
 FIELDS = ("schema", *SCALAR_TYPES, *ARRAY_DTYPES)
-
-
-class WireError(ValueError):
-    """A message that does not satisfy the contract. ``reason`` is one of:
-    too_large, not_msgpack, not_a_map, unknown_version, missing_field, extra_field,
-    wrong_type, bad_dtype, bad_shape, length_mismatch, bad_value."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -122,11 +114,6 @@ class Trajectory:
         return True
 
 
-def _pack_array(name: str, arr: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[name])  # little-endian on every host
-    return {"dtype": WIRE_DTYPES[name], "shape": list(arr.shape), "data": arr.tobytes()}
-
-
 def _plain(value: Any) -> Any:
     # actors naturally hand over numpy scalars (np.bool_, np.int64); msgpack only packs builtins
     return value.item() if isinstance(value, np.generic) else value
@@ -147,7 +134,7 @@ def encode(traj: Trajectory) -> bytes:
         arr = np.asarray(getattr(traj, name))
         if arr.dtype != dtype:
             raise WireError("bad_dtype", f"{name}: {arr.dtype} (expected {dtype})")
-        msg[name] = _pack_array(name, arr)
+        msg[name] = pack_array(arr, WIRE_DTYPES[name])  # little-endian on every host
     try:
         raw = msgpack.packb(msg, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -157,21 +144,8 @@ def encode(traj: Trajectory) -> bytes:
 
 
 def _unpack_array(name: str, obj: Any, max_bytes: int) -> np.ndarray:
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise WireError("wrong_type", f"{name}: expected a map with dtype, shape, data")
-    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if not isinstance(dtype, str) or not isinstance(data, bytes) or not isinstance(shape, list):
-        raise WireError("wrong_type", f"{name}: dtype must be str, shape list, data bytes")
-    if dtype != WIRE_DTYPES[name]:
-        raise WireError("bad_dtype", f"{name}: {dtype[:40]!r} (expected {WIRE_DTYPES[name]!r})")
-    got = ARRAY_DTYPES[name]
-    if len(shape) != ARRAY_NDIMS[name] or not all(
-            type(s) is int and 0 <= s <= max_bytes for s in shape):
-        raise WireError("bad_shape", f"{name}: shape {shape} (expected {ARRAY_NDIMS[name]} dims)")
-    if math.prod(shape) * got.itemsize != len(data):
-        raise WireError("length_mismatch",
-                        f"{name}: {len(data)} bytes for shape {shape} of {got.str}")
-    arr = np.frombuffer(data, dtype=got).reshape(shape)
+    arr = unpack_array(obj, name, dtype=WIRE_DTYPES[name], ndim=ARRAY_NDIMS[name],
+                       max_dim=max_bytes)
     if name == "valid_mask" and arr.size and arr.view(np.uint8).max() > 1:
         raise WireError("bad_value", "valid_mask: bytes other than 0/1")
     if name == "action_tokens" and arr.size and arr.min() < 0:

@@ -7,8 +7,9 @@ import pytest
 import torch
 import zmq
 
-from common.transport.weights import WeightClient, bytes_to_state_dict, state_dict_to_bytes
 from common.transport.weight_publisher import WeightPublisher
+from common.transport.weights import WeightClient
+from common.wire.weights import bytes_to_state_dict, state_dict_to_bytes
 from tests.waiting import wait_until as wait_for
 
 ADDR = "tcp://127.0.0.1:*"

@@ -1,0 +1,104 @@
+"""The config of the one-shot commands: ``pushcut demos``, ``sft``, ``eval`` and ``bench``.
+
+Part of the schema (:mod:`common.config.schema` holds the roles' configs and the root
+``PushcutConfig``, and re-exports these); every field's docstring is under it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class DemosConfig:
+    """``pushcut demos``: scripted-expert demonstrations of the tabletop tasks."""
+    per_task: int = 50
+    """successful demos kept per task (failures are retried)"""
+    noise: float = 0.0
+    """std of gaussian noise on the expert's actions in [-1, 1]"""
+    label: str = "executed"
+    """executed: record the noisy actions; clean: the expert's noiseless action at each visited
+    state (DART)"""
+    out: str = "runs/demos"
+    """dataset directory; must not hold a dataset yet"""
+    obs_stride: int = 1
+    """observe every obs_stride env steps (1: every step, as BC pipelines train; the policy's
+    chunk_size C: only where the policy decides, C times fewer training decisions)"""
+
+
+@dataclass
+class SftConfig:
+    """``pushcut sft``: supervised fine-tuning on demonstrations, then a held-out evaluation."""
+    demos: str = "runs/demos"
+    """the demonstration dataset directory (``pushcut demos``' ``out``)"""
+    out: str = "runs/sft"
+    """output directory: checkpoints, the final policy, the evaluation"""
+    demos_per_task: Optional[int] = None
+    """use at most this many demos of each task (None = all)"""
+    steps: int = 2000
+    """optimiser steps"""
+    batch_size: int = 64
+    """examples (one per demonstrated decision) per optimiser step"""
+    lr: float = 3e-4
+    """peak learning rate of the cosine schedule"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    warmup_steps: int = 100
+    """learning-rate warm-up steps (at most a tenth of ``steps``)"""
+    grad_clip: float = 1.0
+    """clip the gradient's global norm to this"""
+    augment_shift: int = 4
+    """random image shifts of up to this many pixels (0 = off)"""
+    label_sigma: float = 3.0
+    """gaussian target over neighbouring bins, in bins (0 = one-hot)"""
+    eval_episodes_per_task: int = 10
+    """closing held-out evaluation (0 = skip)"""
+    checkpoint_every: int = 500
+    """save a checkpoint every this many steps"""
+    threads: Optional[int] = 1
+    """torch CPU threads. 1: with other processes busy on a small machine, torch's OpenMP
+    threads wait on each other (measured 17x slower per step with 2 threads on 2 cores)"""
+
+
+@dataclass
+class EvalConfig:
+    """``pushcut eval``: success rates of a policy on the held-out init states."""
+    checkpoint: Optional[str] = None
+    """the policy to evaluate (a save_pretrained directory)"""
+    out: str = "runs/eval"
+    """output directory: success rates and videos"""
+    episodes_per_task: int = 10
+    """episodes per task and temperature, cycling over the held-out init states"""
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    """sampling temperatures to evaluate at (0 = greedy)"""
+    videos_per_task: int = 1
+    """the first this many episodes of each task are recorded as video"""
+    num_envs: int = 8
+    """env workers stepped in parallel"""
+    subprocess_envs: bool = False
+    """one OS process per env worker (in-process otherwise)"""
+
+
+@dataclass
+class BenchConfig:
+    """``pushcut bench``: throughput measurements (env, policy, actor, ingest, update)."""
+    seconds: float = 20.0
+    """measuring time of a bench, split over its measurements"""
+    producers: int = 4
+    """ingest: trajectory senders (processes)"""
+    decisions: int = 64
+    """ingest: decisions per synthetic trajectory"""
+    image_size: int = 128
+    """ingest: camera image side in pixels of the synthetic trajectories"""
+    cameras: int = 2
+    """ingest: cameras per decision of the synthetic trajectories"""
+    processes: list[int] = field(default_factory=lambda: [1, 2])
+    """env: the numbers of env processes measured side by side"""
+    out: Optional[str] = None
+    """write the figures as JSON to this file (None = print only)"""
+    ingest_in_flight: int = 2
+    """ingest: unacknowledged trajectories per producer"""
+    ingest_store_mb: int = 256
+    """ingest: bench store capacity in MB (it runs full, evicting)"""
+    ingest_paced_load: float = 0.5
+    """ingest: paced phase offers this share of the saturated rate"""
