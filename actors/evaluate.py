@@ -33,6 +33,7 @@ from actors.envs.base import TaskSpec
 from actors.rollout import Episode, EpisodeRequest, VectorRollout
 from common.config.schema import EnvConfig, PushcutConfig
 from common.models.policy import Policy
+from common.stats import wilson_interval
 
 
 def heldout_requests(tasks: Sequence[TaskSpec], heldout_ids: dict[str, list[int]],
@@ -54,7 +55,10 @@ def heldout_requests(tasks: Sequence[TaskSpec], heldout_ids: dict[str, list[int]
 
 def summarize(tasks: Sequence[TaskSpec], episodes: Sequence[Episode]) -> dict:
     """Episodes -> {"per_task": {task_id: {...}}, "per_family": {family: rate},
-    "average": mean of the per-task rates}. A family's rate is the mean over its tasks."""
+    "average": mean of the per-task rates, "ci95": ..., "family_ci95": ...}. A family's
+    rate is the mean over its tasks; intervals are Wilson 95 % over the pooled episodes.
+    Each task keeps its per-episode ``outcomes`` beside its ``init_state_ids``, so two
+    policies evaluated on the same states can be compared pairwise (McNemar)."""
     by_task: dict[str, list[Episode]] = defaultdict(list)
     for ep in episodes:
         by_task[ep.request.task_id].append(ep)
@@ -67,16 +71,25 @@ def summarize(tasks: Sequence[TaskSpec], episodes: Sequence[Episode]) -> dict:
         per_task[spec.task_id] = {
             "family": spec.family, "instruction": spec.instruction, "episodes": len(eps),
             "successes": int(sum(wins)), "success_rate": float(np.mean(wins)),
+            "ci95": list(wilson_interval(int(sum(wins)), len(wins))),
             "mean_length": float(np.mean([ep.length for ep in eps])),
-            "init_state_ids": [ep.request.init_state_id for ep in eps]}
-    families: dict[str, list[float]] = defaultdict(list)
+            "init_state_ids": [ep.request.init_state_id for ep in eps],
+            "outcomes": [int(w) for w in wins]}
+    families: dict[str, list[dict]] = defaultdict(list)
     for row in per_task.values():
-        families[row["family"]].append(row["success_rate"])
-    rates = [row["success_rate"] for row in per_task.values()]
+        families[row["family"]].append(row)
+    rows = list(per_task.values())
     return {"per_task": per_task,
-            "per_family": {f: float(np.mean(r)) for f, r in families.items()},
-            "average": float(np.mean(rates)) if rates else math.nan,
+            "per_family": {f: float(np.mean([r["success_rate"] for r in rs]))
+                           for f, rs in families.items()},
+            "family_ci95": {f: list(_pooled_interval(rs)) for f, rs in families.items()},
+            "average": float(np.mean([r["success_rate"] for r in rows])) if rows else math.nan,
+            "ci95": list(_pooled_interval(rows)),
             "episodes": len(episodes)}
+
+
+def _pooled_interval(rows: list[dict]) -> tuple[float, float]:
+    return wilson_interval(sum(r["successes"] for r in rows), sum(r["episodes"] for r in rows))
 
 
 def temperature_key(temperature: float) -> str:
@@ -158,7 +171,8 @@ def evaluate_policy(policy: Policy, env_cfg: EnvConfig, *, episodes_per_task: in
 
 
 def results_table(results: dict) -> Table:
-    """Success rate per family (rows) and temperature (columns), average last."""
+    """Success rate per family (rows) and temperature (columns) with Wilson 95 % intervals,
+    average last."""
     keys = list(results["temperatures"])
     table = Table(title="held-out success rate")
     table.add_column("family")
@@ -170,7 +184,10 @@ def results_table(results: dict) -> Table:
         for key in keys:
             summary = results["temperatures"][key]
             rate = summary["average"] if fam == "average" else summary["per_family"].get(fam)
-            cells.append("-" if rate is None else f"{100 * rate:.0f}%")
+            ci = summary.get("ci95") if fam == "average" else summary.get(
+                "family_ci95", {}).get(fam)
+            cells.append("-" if rate is None else f"{100 * rate:.0f}%" + (
+                f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else ""))
         table.add_row(fam, *cells)
     return table
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config.schema import PushcutConfig
+from deploy.results import time_to_target, write_results
 from learner.snapshots import list_snapshots, read_snapshot_info
 
 MODES = ("async", "sync")
@@ -41,6 +42,9 @@ class Point:
     env_steps: int
     average: float
     per_family: dict[str, float]
+    ci95: list[float] | None = None
+    family_ci95: dict[str, list[float]] = field(default_factory=dict)
+    outcomes: dict[str, list[int]] = field(default_factory=dict)   # task -> per episode
 
 
 @dataclass
@@ -74,13 +78,16 @@ def greedy_summary(results: dict) -> dict:
     return temps.get("greedy") or next(iter(temps.values()))
 
 
-def read_eval(path: Path) -> tuple[float, dict[str, float]] | None:
-    """``<dir>/eval.json`` -> (average, per_family), None if not evaluated (yet)."""
+def read_eval(path: Path) -> tuple | None:
+    """``<dir>/eval.json`` -> (average, per_family, ci95, family_ci95, outcomes per task),
+    the last three empty for an eval.json written without them; None if not evaluated."""
     file = path / "eval.json"
     if not file.exists():
         return None
     s = greedy_summary(json.loads(file.read_text()))
-    return float(s["average"]), {k: float(v) for k, v in s["per_family"].items()}
+    return (float(s["average"]), {k: float(v) for k, v in s["per_family"].items()},
+            s.get("ci95"), s.get("family_ci95", {}),
+            {t: v["outcomes"] for t, v in s["per_task"].items() if "outcomes" in v})
 
 
 def read_curve(rl: Path, mode: str, sft: Point | None) -> Curve:
@@ -127,11 +134,6 @@ def load_experiment(path: str | Path) -> ExperimentResult:
 
 
 # ---------------------------------------------------------------- figures
-def time_to_target(curve: Curve, target: float) -> Point | None:
-    """The first point at or above ``target`` success, None if never reached."""
-    return next((p for p in curve.points if p.average >= target - 1e-9), None)
-
-
 def choose_target(curves: list[Curve], wanted: float) -> tuple[float | None, str]:
     """(target, how it was chosen): ``wanted`` if every curve reaches it, else the highest
     success every curve reached; None when that is no better than where the curves start
@@ -302,6 +304,8 @@ def write_report(dirs: list[Path], target: float, out: Path | None) -> tuple[Pat
     png, md = out / "report.png", out / "report.md"
     plot(results, png, target)
     md.write_text(text)
+    for result in results:
+        write_results(result, target)
     return png, md, text
 
 

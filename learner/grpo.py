@@ -11,12 +11,18 @@ Order of work in ``update`` (see learner/loss.py for the objective):
 1. split this rank's trajectories into micro-batches of at most ``algo.micro_batch_size``
    (the same count on every rank, so FSDP's collectives line up);
 2. proximal log-probs p: the weights as they are when the update starts, no grad. With
-   ``epochs_per_batch == 1`` the gradient pass itself runs on exactly those weights, so
+   one epoch of one mini-batch the gradient pass itself runs on exactly those weights, so
    p is taken as the detached log-probs of that pass instead of a second forward (the
-   values are the same; this saves a third of the compute). With more epochs, p is
+   values are the same; this saves a third of the compute). With more steps, p is
    computed once up front;
 3. per micro-batch: forward with grad, loss, backward (gradients accumulate);
-4. grad-norm clip to ``algo.grad_clip``, one optimiser step (per epoch).
+4. grad-norm clip to ``algo.grad_clip``, one optimiser step per mini-batch: the batch's
+   micro-batches are cut into ``algo.mini_batches`` consecutive runs, each one step, for
+   each of ``epochs_per_batch`` epochs, so that with several steps per batch the PPO clip
+   bounds how far the policy moves from the proximal one;
+5. statistics: the last epoch's loss terms, the exact entropy, and ``grad_cosine``, the
+   cosine between the gradients of the two halves of the first step's micro-batches (one
+   rank only): the gradient's signal-to-noise, near 0 when trajectories disagree.
 
 The policy runs in eval mode (no dropout) here, as on the actors: the learner's log-probs
 must be those of the distribution the actors sampled from.
@@ -102,32 +108,48 @@ class GRPO:
         Returns stats reduced over ranks; ``policy_version`` is the new version."""
         cfg = self.cfg
         total = total_trajectories or batch.num_trajectories
+        steps = max(1, cfg.mini_batches)
         count = num_micro_batches(total, _world_size(), cfg.micro_batch_size)
+        count = math.ceil(count / steps) * steps    # whole micro-batches per mini-batch
         parts = [(p, True) if p is not None else (batch.select([0]), False)
                  for p in micro_batches(batch, count)]
         weights = [token_weights(p.valid_mask, p.traj_index, total).to(self.device)
                    * float(real) for p, real in parts]
         self.policy.eval()
         proximal = ([self._no_grad_log_probs(p, self.policy) for p, _ in parts]
-                    if cfg.epochs_per_batch > 1 else None)
+                    if cfg.epochs_per_batch > 1 or steps > 1 else None)
         ref = ([self._no_grad_log_probs(p, self.reference) for p, _ in parts]
                if cfg.kl_coef != 0 else None)
-        for _ in range(cfg.epochs_per_batch):
-            sums, grad_norm = self._step(parts, weights, proximal, ref)
+        size = count // steps
+        grad_cosine = None
+        for epoch in range(cfg.epochs_per_batch):
+            sums: dict[str, torch.Tensor] = {}
+            for m in range(steps):
+                window = slice(m * size, (m + 1) * size)
+                part_sums, grad_norm, cosine = self._step(
+                    parts[window], weights[window], proximal[window] if proximal else None,
+                    ref[window] if ref else None, scale=float(steps))
+                grad_cosine = cosine if epoch == m == 0 else grad_cosine
+                for k, v in part_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
         stats = self._reduce(sums, batch)
-        stats.update(grad_norm=grad_norm, micro_batches=count, epochs=cfg.epochs_per_batch)
+        stats.update(grad_norm=grad_norm, micro_batches=count, epochs=cfg.epochs_per_batch,
+                     mini_batches=steps, grad_cosine=grad_cosine)
         self.policy_version += 1
         stats["policy_version"] = self.policy_version
         return stats
 
     def _step(self, parts: list[tuple[Batch, bool]], weights: list[torch.Tensor],
-              proximal: list[torch.Tensor] | None, ref: list[torch.Tensor] | None
-              ) -> tuple[dict[str, torch.Tensor], float]:
-        """Forward/backward every micro-batch, clip, one optimiser step -> (stat sums,
-        grad norm before clipping)."""
+              proximal: list[torch.Tensor] | None, ref: list[torch.Tensor] | None,
+              scale: float = 1.0) -> tuple[dict[str, torch.Tensor], float, float | None]:
+        """Forward/backward every micro-batch (loss times ``scale``: the batch's share of
+        this mini-batch), clip, one optimiser step -> (stat sums, grad norm before clipping,
+        gradient cosine between the two halves of the micro-batches)."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
+        half = len(parts) // 2 if len(parts) > 1 and _world_size() == 1 else 0
+        first: list[torch.Tensor | None] | None = None
         for i, ((part, _), w) in enumerate(zip(parts, weights)):
             self._set_gradient_sync(i == len(parts) - 1)
             logp, entropy = self._forward(part, self.policy, cfg.entropy_coef != 0)
@@ -137,18 +159,21 @@ class GRPO:
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, is_cap=cfg.is_cap,
                 ref_log_probs=ref[i] if ref else None, kl_coef=cfg.kl_coef,
                 entropy=entropy, entropy_coef=cfg.entropy_coef)
-            loss.backward()
+            (loss * scale).backward()
             ent = entropy if entropy is not None else -part.behaviour_log_probs.to(self.device)
             stats["entropy"] = (w * ent.detach()).sum()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+            if half and i == half - 1:
+                first = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+        cosine = half_gradient_cosine(self.params, first) if first is not None else None
         norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
         if math.isfinite(norm):
             self.optimizer.step()
         else:
             # a NaN/inf gradient would poison the weights every actor then fetches
             log.warning("grad norm %s is not finite; skipping the optimiser step", norm)
-        return sums, norm
+        return sums, norm, cosine
 
     def _reduce(self, sums: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """Stat sums of this rank -> batch statistics over all ranks."""
@@ -170,6 +195,26 @@ class GRPO:
         out["staleness_max"] = int(top[0])
         out["success_rate"] = out.pop("successes") / n
         return out
+
+
+def half_gradient_cosine(params: list[torch.Tensor], first: list[torch.Tensor | None]
+                         ) -> float | None:
+    """Cosine between the gradient of the first half of a step's micro-batches (``first``,
+    a copy taken after their backward) and that of the second half (the accumulated
+    gradient minus ``first``): near 1 when the batch's trajectories agree on a direction,
+    near 0 when the gradient is mostly noise (the gradient signal-to-noise of the step)."""
+    dot = norm_a = norm_b = 0.0
+    for p, a in zip(params, first):
+        if p.grad is None:
+            continue
+        a = torch.zeros_like(p.grad) if a is None else a
+        b = p.grad.detach() - a
+        dot += float((a * b).sum())
+        norm_a += float((a * a).sum())
+        norm_b += float((b * b).sum())
+    if norm_a == 0 or norm_b == 0:
+        return None
+    return dot / math.sqrt(norm_a * norm_b)
 
 
 def make_optimizer(params: Any, algo_cfg: AlgoConfig) -> torch.optim.Optimizer:

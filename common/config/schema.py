@@ -41,9 +41,12 @@ HEARTBEAT_ADDRESS = tcp_address(HEARTBEAT_PORT)
 class EnvConfig:
     """Which simulator and which tasks."""
     name: str = "tabletop"
-    """tabletop (built-in MuJoCo suite) | libero"""
+    """tabletop (built-in MuJoCo suite) | libero | probe (tasks with a known answer)"""
     suite: str = "all"
     """tabletop: spatial|object|goal|long|all; libero: libero_spatial, ..."""
+    layout: str = "nominal"
+    """tabletop initial states: nominal (each task one scene, jittered by a few cm, like
+    LIBERO) | uniform (objects anywhere on the table: a generalisation suite)"""
     tasks: list[str] = field(default_factory=list)
     """explicit task_ids; empty = every task of the suite"""
     image_size: int = 64
@@ -94,7 +97,7 @@ class ModelConfig:
 
 @dataclass
 class AlgoConfig:
-    """Importance-corrected GRPO (see DESIGN.md, 'The algorithm')."""
+    """Importance-corrected GRPO (see docs/design.md, 'The loss')."""
     group_size: int = 8
     """episodes per group (one task and init state)"""
     temperature: float = 1.6
@@ -124,6 +127,9 @@ class AlgoConfig:
     """trajectories per forward/backward"""
     epochs_per_batch: int = 1
     """gradient passes over each batch"""
+    mini_batches: int = 1
+    """optimiser steps per epoch: the batch is cut into this many mini-batches (with more
+    than one step per batch the PPO clip bounds each step)"""
     success_lo: float = 0.1
     """keep a group only if lo <= success rate <= hi"""
     success_hi: float = 0.9

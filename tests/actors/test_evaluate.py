@@ -9,6 +9,7 @@ import pytest
 from actors.env_workers import make_workers
 from actors.envs.base import TaskSpec
 from actors.evaluate import evaluate_policy, heldout_requests, main, summarize
+from common.stats import wilson_interval
 from actors.expert_policy import ExpertPolicy
 from actors.rollout import EpisodeRequest
 from common.config import load_config
@@ -76,6 +77,11 @@ def test_summarize_rates_per_task_family_and_average():
         {"a/0": 0.5, "a/1": 1.0, "b/0": 0.25}
     assert out["per_family"] == {"a": 0.75, "b": 0.25}
     assert out["average"] == pytest.approx(1.75 / 3) and out["episodes"] == 12
+    # intervals: Wilson over each task's, each family's and all episodes; outcomes kept
+    assert out["per_task"]["a/0"]["ci95"] == pytest.approx(list(wilson_interval(2, 4)))
+    assert out["family_ci95"]["a"] == pytest.approx(list(wilson_interval(6, 8)))
+    assert out["ci95"] == pytest.approx(list(wilson_interval(7, 12)))
+    assert out["per_task"]["b/0"]["outcomes"] == [0, 0, 0, 1]
 
 
 def test_requests_cycle_heldout_ids_and_mark_videos():

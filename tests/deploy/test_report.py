@@ -21,7 +21,8 @@ FAMILIES = ("spatial", "object")
 def write_eval(out: Path, by_family: dict[str, float]) -> None:
     """An eval.json with two tasks per family, as actors/evaluate.py writes it."""
     per_task = {f"{fam}/{i}": {"family": fam, "episodes": 10, "success_rate": rate,
-                               "successes": int(10 * rate)}
+                               "successes": int(10 * rate),
+                               "outcomes": [int(e < 10 * rate) for e in range(10)]}
                 for fam, rate in by_family.items() for i in range(2)}
     summary = {"temperature": 0.0, "per_task": per_task, "per_family": by_family,
                "average": sum(by_family.values()) / len(by_family), "episodes": 40}
@@ -131,3 +132,17 @@ def test_pushcut_report_command_prints_the_table(experiment):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| **average** | 25% | 95% | 90% | +70 | +65 |" in done.stdout
     assert (experiment / "report.md").exists()
+
+
+def test_results_json_has_the_figures_intervals_and_paired_test(experiment):
+    write_report([experiment], 0.9, None)
+    record = json.loads((experiment / "results.json").read_text())
+    assert record["sft"]["average"] == pytest.approx(0.25)
+    assert record["sft"]["families"] == {"spatial": 0.3, "object": 0.2}
+    assert record["rl_async"]["average"] == pytest.approx(0.95)
+    assert record["rl_wall_s"] == {"async": 900.0, "sync": 1500.0}
+    assert record["time_to_target_s"] == {"async": 600.0, "sync": 1500.0}
+    # 40 paired episodes: SFT wins 3+3+2+2, the final async policy 10+10+9+9 of them
+    paired = record["rl_async"]["paired"]
+    assert (paired["pairs"], paired["gained"], paired["lost"]) == (40, 28, 0)
+    assert paired["z"] > 5 and paired["p"] < 1e-6

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -142,3 +143,51 @@ def test_kl_and_entropy_need_their_inputs():
     stats = grpo.update(collate(groups_of(policy, n=1)))
     assert stats["kl_ref"] == pytest.approx(0.0, abs=1e-6)   # same init as the reference
     assert stats["entropy_exact"] == pytest.approx(stats["entropy"])
+
+
+def test_mini_batches_take_one_step_each_on_their_own_trajectories():
+    """Two mini-batches = two SGD steps: the second from the weights after the first, its
+    gradient from the second half's trajectories only (loss scaled by the mini-batch count),
+    each against the proximal log-probs of the start weights."""
+    policy = micro_policy()
+    groups = groups_of(policy, n=2)
+    naive = copy.deepcopy(policy)
+    lr = 0.05
+    cfg = AlgoConfig(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=lr), cfg)
+    stats = grpo.update(collate(groups))
+    assert stats["mini_batches"] == 2 and stats["micro_batches"] == 2
+
+    batch = collate(groups)
+    naive.eval()
+    with torch.no_grad():
+        proximal = naive.log_probs(batch.obs(), batch.tokens, TEMPERATURE)
+    for half in (range(0, 4), range(4, 8)):
+        part = batch.select(list(half))
+        rows = torch.isin(batch.traj_index, torch.tensor(list(half)))
+        naive.zero_grad()
+        logp = naive.log_probs(part.obs(), part.tokens, TEMPERATURE)
+        w = token_weights(part.valid_mask, part.traj_index, batch.num_trajectories)
+        loss, _ = policy_loss(logp, proximal[rows], part.behaviour_log_probs, part.advantages, w)
+        (loss * 2).backward()
+        with torch.no_grad():
+            for p in naive.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+    for p, q in zip(policy.parameters(), naive.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_cosine_tells_agreeing_halves_from_opposed_ones():
+    policy = micro_policy()
+    group = groups_of(policy, n=1)[0]
+    cfg = AlgoConfig(micro_batch_size=4, lr=0.0)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0), cfg)
+    same = grpo.update(collate([group, group]))          # both halves the same trajectories
+    assert same["grad_cosine"] == pytest.approx(1.0, abs=1e-4)
+    flipped = [dataclasses.replace(t, success=not t.success) for t in group]
+    opposed = grpo.update(collate([group, flipped]))     # same actions, opposite advantages
+    assert opposed["grad_cosine"] == pytest.approx(-1.0, abs=1e-4)
+    single = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0),
+                  AlgoConfig(micro_batch_size=16)).update(collate([group]))
+    assert single["grad_cosine"] is None                 # one micro-batch: no halves

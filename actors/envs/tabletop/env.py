@@ -78,7 +78,7 @@ class TabletopEnv:
     def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
         self.spec = self._task_spec(task_id)
         self.task = get_task(task_id)
-        layout = sample_layout(self.task, int(init_state_id))
+        layout = sample_layout(self.task, int(init_state_id), self.cfg.layout)
         if self.task.family not in self._sims:
             self._sims[self.task.family] = Sim(self.task.scene, self.cfg.image_size,
                                                self.cfg.wrist_camera)

@@ -4,12 +4,18 @@ initial-state sampler (a pure function of (task_id, init_state_id)).
 Families (mirroring LIBERO's suites):
   spatial  two identical yellow cubes and a plate; the cube to move is told by its position
   object   four objects (red/green cube, blue/yellow cylinder) and a tray; told by kind/colour
-  goal     one layout (red cube, blue cube, plate, tray; positions jittered), different goals
+  goal     one scene (red cube, blue cube, plate, tray), different goals
   long     two chained sub-goals in a scene with a distractor cylinder
 
 A goal is ``(kind, obj, target)``: ``on`` a plate, ``in`` a tray, ``stack`` on another
 object, ``lift`` (held above the table). A task succeeds when all its goals hold at once.
 Left/right/front/back are as seen in the agentview image (right = +y, front = +x).
+
+Initial states (``env.layout``): ``nominal`` (default) gives every task one scene and
+perturbs it by a few cm and a few tenths of a radian per init_state_id, as LIBERO's 50
+initial states per task are small perturbations of one scene; ``uniform`` scatters the
+spatial, object and long scenes over the whole workspace (a generalisation suite: few demos
+cover it sparsely).
 """
 from __future__ import annotations
 
@@ -39,8 +45,9 @@ SCENES: dict[str, SceneSpec] = {
                                ObjectSpec("green_cylinder", "cylinder", "green")),
                       ("plate", "tray")),
 }
-# control steps (20 Hz) before truncation: about twice the expert's typical episode
-MAX_STEPS = {"spatial": 120, "object": 120, "goal": 120, "long": 260}
+# control steps (20 Hz) before truncation: about 1.7x the expert's typical episode (a failed
+# episode costs the actors and the learner no more than it must); whole chunks of 8
+MAX_STEPS = {"spatial": 96, "object": 96, "goal": 96, "long": 200}
 
 
 @dataclass(frozen=True)
@@ -111,11 +118,35 @@ class Layout:
 
 
 X_RANGE, Y_RANGE = (-0.13, 0.13), (-0.19, 0.19)
-# goal family: one nominal layout, jittered by up to GOAL_JITTER in x and y
-GOAL_NOMINAL = {"red_cube": (0.08, -0.06), "blue_cube": (0.08, 0.06),
-                "plate": (-0.07, -0.11), "tray": (-0.07, 0.12)}
-GOAL_JITTER = 0.03
 GAP = 0.025   # clearance between footprints (room for a finger)
+LAYOUTS = ("nominal", "uniform")
+# nominal layouts (the default suite, shaped like LIBERO's: each task one scene, small
+# perturbations): footprint centres (x, y) per family, or per task where the task decides
+# the scene; each initial state moves every footprint by up to JITTER in x and y and turns
+# every object by up to YAW_JITTER
+_GOAL = {"red_cube": (0.08, -0.06), "blue_cube": (0.08, 0.06),
+         "plate": (-0.07, -0.11), "tray": (-0.07, 0.12)}
+_SPATIAL_SIDE = {"cube_a": (0.06, -0.08), "cube_b": (0.06, 0.08), "plate": (-0.08, 0.0)}
+_SPATIAL_DEPTH = {"cube_a": (0.09, -0.1), "cube_b": (-0.07, -0.1), "plate": (0.0, 0.1)}
+NOMINAL: dict[str, dict[str, tuple[float, float]]] = {
+    "goal": _GOAL,
+    "long": {**_GOAL, "green_cylinder": (0.0, 0.0)},
+    "object": {"red_cube": (0.09, -0.08), "green_cube": (0.09, 0.08),
+               "blue_cylinder": (0.04, -0.16), "yellow_cylinder": (0.04, 0.16),
+               "tray": (-0.07, 0.0)},
+    "spatial/0": _SPATIAL_SIDE,                                            # left
+    "spatial/1": {**_SPATIAL_SIDE, "cube_a": _SPATIAL_SIDE["cube_b"],
+                  "cube_b": _SPATIAL_SIDE["cube_a"]},                      # right
+    "spatial/2": _SPATIAL_DEPTH,                                           # front
+    "spatial/3": {**_SPATIAL_DEPTH, "cube_a": _SPATIAL_DEPTH["cube_b"],
+                  "cube_b": _SPATIAL_DEPTH["cube_a"]},                     # back
+}
+JITTER, YAW_JITTER = 0.03, 0.2
+UNIFORM_YAW = 0.4   # the uniform suite turns objects by up to this
+
+
+def nominal_layout(task: TaskDef) -> dict[str, tuple[float, float]]:
+    return NOMINAL.get(task.task_id) or NOMINAL[task.family]
 
 
 def _rng(task_id: str, init_state_id: int) -> np.random.Generator:
@@ -131,10 +162,15 @@ def _relation_holds(rel: str, a: np.ndarray, b: np.ndarray) -> bool:
     return along >= 0.09 and along >= 2 * across
 
 
-def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
-    """A pure function of (task_id, init_state_id): footprints placed one by one (each
-    retried until it clears those already placed, and for spatial tasks until the told
-    relation holds) inside the workspace, from a generator seeded by both."""
+def sample_layout(task: TaskDef, init_state_id: int, layout: str = "nominal") -> Layout:
+    """A pure function of (task_id, init_state_id, layout): footprints placed one by one
+    (each retried until it clears those already placed, and for spatial tasks until the told
+    relation holds) from a generator seeded by the first two. ``nominal``: each footprint
+    within JITTER of the task's nominal layout; ``uniform``: anywhere in the workspace (the
+    goal family stays nominal: its tasks share one scene)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown tabletop layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    nominal = layout == "nominal" or task.family == "goal"
     if init_state_id < 0:
         raise ValueError(f"init_state_id must be >= 0, got {init_state_id}")
     rng = _rng(task.task_id, init_state_id)
@@ -143,10 +179,11 @@ def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
     radii.update({r: RECEPTACLE_RADIUS[r] for r in scene.receptacles})
     names = list(scene.receptacles) + [o.name for o in scene.objects]   # largest first
     for _ in range(1000):
-        pos = _place(rng, task, names, radii)
+        pos = _place(rng, task, names, radii, nominal)
         if pos is None:
             continue
-        yaw = {o.name: float(rng.uniform(-0.4, 0.4)) for o in scene.objects}
+        turn = YAW_JITTER if nominal else UNIFORM_YAW
+        yaw = {o.name: float(rng.uniform(-turn, turn)) for o in scene.objects}
         g = rng.uniform([-0.16, -0.03, 0.16], [-0.12, 0.03, 0.2])
         return Layout(objects={o.name: (float(pos[o.name][0]), float(pos[o.name][1]),
                                         yaw[o.name]) for o in scene.objects},
@@ -157,12 +194,13 @@ def sample_layout(task: TaskDef, init_state_id: int) -> Layout:
 
 
 def _place(rng: np.random.Generator, task: TaskDef, names: list[str],
-           radii: dict[str, float]) -> dict[str, np.ndarray] | None:
+           radii: dict[str, float], nominal: bool) -> dict[str, np.ndarray] | None:
     """Positions [2] for ``names`` in order, or None when one finds no free spot."""
     pos: dict[str, np.ndarray] = {}
     for name in names:
         for _ in range(200):
-            xy = _sample_xy(rng, task.family, name, radii[name])
+            xy = (np.asarray(nominal_layout(task)[name]) + rng.uniform(-JITTER, JITTER, 2)
+                  if nominal else _uniform_xy(rng, radii[name]))
             if all(math.dist(xy, q) >= radii[name] + radii[o] + GAP for o, q in pos.items()) \
                     and _relation_ok(task, name, xy, pos):
                 pos[name] = xy
@@ -178,9 +216,7 @@ def _relation_ok(task: TaskDef, name: str, xy: np.ndarray, pos: dict[str, np.nda
     return _relation_holds(task.relation, pos["cube_a"], xy)
 
 
-def _sample_xy(rng: np.random.Generator, family: str, name: str, radius: float) -> np.ndarray:
-    if family == "goal":
-        return np.asarray(GOAL_NOMINAL[name]) + rng.uniform(-GOAL_JITTER, GOAL_JITTER, 2)
+def _uniform_xy(rng: np.random.Generator, radius: float) -> np.ndarray:
     lo = [X_RANGE[0] + radius * 0.5, Y_RANGE[0] + radius * 0.5]
     hi = [X_RANGE[1] - radius * 0.5, Y_RANGE[1] - radius * 0.5]
     return rng.uniform(lo, hi)

@@ -8,7 +8,9 @@ from actors.envs.base import StepResult, TaskSpec
 from actors.envs.tabletop import FAMILIES, PROPRIO_DIM, Expert, TabletopEnv, tasks_of
 from actors.envs.tabletop.predicates import task_success
 from actors.envs.tabletop.sim import Sim
-from actors.envs.tabletop.tasks import X_RANGE, Y_RANGE, get_task, sample_layout
+from actors.envs.tabletop.tasks import (
+    JITTER, X_RANGE, Y_RANGE, YAW_JITTER, get_task, nominal_layout, sample_layout,
+)
 from common.config.schema import EnvConfig
 
 
@@ -62,12 +64,35 @@ def test_layouts_are_pure_valid_and_not_already_solved():
             assert not task_success(sim, task), (task.task_id, lay)
 
 
-def test_spatial_relation_holds_in_every_layout():
+@pytest.mark.parametrize("layout", ["nominal", "uniform"])
+def test_spatial_relation_holds_in_every_layout(layout):
     for i in range(20):
-        left = sample_layout(get_task("spatial/0"), i).objects   # cube_a left of cube_b
-        front = sample_layout(get_task("spatial/2"), i).objects  # cube_a in front of cube_b
+        left = sample_layout(get_task("spatial/0"), i, layout).objects   # cube_a left of b
+        front = sample_layout(get_task("spatial/2"), i, layout).objects  # in front of b
         assert left["cube_a"][1] < left["cube_b"][1] - 0.08
         assert front["cube_a"][0] > front["cube_b"][0] + 0.08
+
+
+def test_nominal_layouts_jitter_one_scene_and_uniform_ones_spread():
+    for task in tasks_of("all"):
+        nominal = nominal_layout(task)
+        spread = {"nominal": [], "uniform": []}
+        for layout in spread:
+            for i in range(40):
+                lay = sample_layout(task, i, layout)
+                for name, (x, y, yaw) in lay.objects.items():
+                    spread[layout].append(max(abs(x - nominal[name][0]),
+                                              abs(y - nominal[name][1])))
+                    if layout == "nominal":
+                        assert abs(yaw) <= YAW_JITTER
+                for name, (x, y) in lay.receptacles.items():
+                    spread[layout].append(max(abs(x - nominal[name][0]),
+                                              abs(y - nominal[name][1])))
+        assert max(spread["nominal"]) <= JITTER + 1e-9, task.task_id
+        if task.family != "goal":                   # the goal family is one scene in both
+            assert max(spread["uniform"]) > 3 * JITTER, task.task_id
+    with pytest.raises(ValueError, match="unknown tabletop layout"):
+        sample_layout(get_task("goal/0"), 0, "scattered")
 
 
 def test_same_task_and_init_state_give_bit_identical_states(env):

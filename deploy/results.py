@@ -1,0 +1,61 @@
+"""``RUN_DIR/results.json``: an experiment's figures in one machine-readable record.
+
+In: an :class:`~deploy.report.ExperimentResult` (the SFT evaluation and the evaluated
+snapshots of each RL mode) and the target success. Out: ``{"sft": {"average", "ci95",
+"families", "family_ci95"}, "rl_async": {... of the final snapshot, "paired": McNemar
+against SFT}, "rl_sync": {...}, "rl_wall_s": {mode: s}, "time_to_target_s": {mode: s or
+null}, "target": x}``; written by ``pushcut report`` (and so by ``pushcut experiment``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common.stats import mcnemar
+
+RESULTS = "results.json"
+Point = Any              # deploy.report.Point (report imports this module, not back)
+ExperimentResult = Any   # deploy.report.ExperimentResult
+
+
+def time_to_target(curve: Any, target: float) -> Point | None:
+    """The first point of a curve at or above ``target`` success, None if never reached."""
+    return next((p for p in curve.points if p.average >= target - 1e-9), None)
+
+
+def point_summary(point: Point) -> dict:
+    return {"average": point.average, "ci95": point.ci95, "families": point.per_family,
+            "family_ci95": point.family_ci95, "policy_version": point.policy_version}
+
+
+def paired(before: Point, after: Point) -> dict | None:
+    """McNemar over the episodes both evaluated on the same held-out states (tasks in
+    common, episodes in order); None when the evaluations kept no outcomes."""
+    tasks = sorted(set(before.outcomes) & set(after.outcomes))
+    a = [bool(x) for t in tasks for x in before.outcomes[t][:len(after.outcomes[t])]]
+    b = [bool(x) for t in tasks for x in after.outcomes[t][:len(before.outcomes[t])]]
+    return mcnemar(a, b) if a else None
+
+
+def results_record(result: ExperimentResult, target: float) -> dict:
+    record: dict = {"name": result.name, "target": target,
+                    "sft": point_summary(result.sft) if result.sft else None,
+                    "rl_wall_s": {}, "time_to_target_s": {}}
+    for mode, curve in result.curves.items():
+        final = curve.final if curve.points and curve.final is not result.sft else None
+        if final is None:
+            record[f"rl_{mode}"] = None
+            continue
+        record[f"rl_{mode}"] = {**point_summary(final), "complete": curve.complete,
+                                "paired": paired(result.sft, final) if result.sft else None}
+        record["rl_wall_s"][mode] = final.wall_s
+        reached = time_to_target(curve, target)
+        record["time_to_target_s"][mode] = reached.wall_s if reached else None
+    return record
+
+
+def write_results(result: ExperimentResult, target: float) -> Path:
+    path = Path(result.path) / RESULTS
+    path.write_text(json.dumps(results_record(result, target), indent=2))
+    return path
