@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def episode_to_trajectory(ep: Episode, *, actor_id: str, policy_version: int, group_size: int,
-                          temperature: float, member: int, wait_s: float = 0.0) -> Trajectory:
-    """One finished episode -> its wire record (tokens narrowed to int16)."""
+                          temperature: float, member: int, num_bins: int,
+                          wait_s: float = 0.0) -> Trajectory:
+    """One finished episode -> its wire record (tokens narrowed to int16); ``num_bins``: the
+    policy's action bins per dimension, which the record declares."""
     if ep.tokens.size and (ep.tokens.min() < 0 or ep.tokens.max() > np.iinfo(np.int16).max):
         raise ValueError(f"action tokens outside int16: [{ep.tokens.min()}, {ep.tokens.max()}]")
     return Trajectory(
@@ -45,7 +47,7 @@ def episode_to_trajectory(ep: Episode, *, actor_id: str, policy_version: int, gr
         instruction=ep.instruction, init_state_id=int(ep.request.init_state_id),
         policy_version=int(policy_version), group_size=int(group_size),
         success=bool(ep.success), length=int(ep.length), temperature=float(temperature),
-        images=ep.images, proprio=ep.proprio, actions=ep.actions,
+        num_bins=int(num_bins), images=ep.images, proprio=ep.proprio, actions=ep.actions,
         action_tokens=ep.tokens.astype(np.int16), behaviour_log_probs=ep.log_probs,
         valid_mask=ep.valid_mask, created_at=time.time(),
         timings={"env_s": ep.timings.get("env_s", 0.0),
@@ -171,7 +173,8 @@ class Actor:
             self._blocked_s = 0.0
         return [episode_to_trajectory(ep, actor_id=self.actor_id, policy_version=version,
                                       group_size=self.group_size, temperature=self.temperature,
-                                      member=m, wait_s=wait_share)
+                                      member=m, num_bins=self.rollout.policy.num_bins,
+                                      wait_s=wait_share)
                 for g in groups for m, ep in enumerate(g)]
 
     def _count(self, groups: list[list[Episode]], version: int, dropped: int) -> None:

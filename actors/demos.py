@@ -51,10 +51,11 @@ def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
 
 
 def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int,
-                trajectory_id: str, label: str = "executed") -> Trajectory:
+                trajectory_id: str, label: str = "executed", num_bins: int = 0) -> Trajectory:
     """Run ``expert`` on a TabletopEnv from (task, init_state_id) to the end of the episode;
     observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``). ``label``:
-    record the executed (noisy) actions or the expert's ``clean_action``s."""
+    record the executed (noisy) actions or the expert's ``clean_action``s. ``num_bins``: the
+    record's declared action bins (the model's ``num_bins``; 0: not tokenised)."""
     start = time.perf_counter()
     obs = env.reset(spec.task_id, init_state_id)
     images, proprio, actions = [], [], []
@@ -73,7 +74,7 @@ def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int
         trajectory_id=trajectory_id, group_id=trajectory_id, actor_id="expert",
         task_id=spec.task_id, instruction=spec.instruction, init_state_id=int(init_state_id),
         policy_version=EXPERT_VERSION, group_size=1, success=bool(success),
-        length=len(actions), temperature=0.0,
+        length=len(actions), temperature=0.0, num_bins=num_bins,
         images=np.stack(images), proprio=np.stack(proprio).astype(np.float32),
         actions=chunks, action_tokens=np.zeros((T, 0), np.int16),
         behaviour_log_probs=np.zeros((T, 0), np.float32), valid_mask=valid,
@@ -136,7 +137,7 @@ def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict
         expert = expert_cls(env, noise=cfg.demos.noise, seed=np.random.SeedSequence(seed))
         tid = f"demo-{spec.task_id.replace('/', '-')}-s{init_state_id}-a{attempt}"
         traj = record_demo(env, expert, spec, init_state_id, cfg.demos.obs_stride, tid,
-                           cfg.demos.label)
+                           cfg.demos.label, num_bins=cfg.model.num_bins)
         if not traj.success:
             stat["failed"] += 1
             continue

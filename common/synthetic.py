@@ -18,7 +18,8 @@ def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, gr
                     cameras: int = 1, image_size: int = 64, proprio_dim: int = 8,
                     policy_version: int = 0, success: bool | None = None,
                     task_id: str = "spatial/0", init_state_id: int = 0,
-                    actor_id: str = "synthetic", trajectory_id: str | None = None) -> Trajectory:
+                    actor_id: str = "synthetic", trajectory_id: str | None = None,
+                    num_bins: int = 256) -> Trajectory:
     T = math.ceil(length / chunk_size)
     K = chunk_size * action_dim
     ramp = np.linspace(0, 255, image_size, dtype=np.float32)
@@ -35,11 +36,11 @@ def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, gr
         instruction="put the red cube on the plate",
         init_state_id=init_state_id, policy_version=policy_version, group_size=group_size,
         success=bool(rng.random() < 0.5) if success is None else success,
-        length=length, temperature=1.6,
+        length=length, temperature=1.6, num_bins=num_bins,
         images=images,
         proprio=rng.standard_normal((T, proprio_dim)).astype(np.float32),
         actions=rng.uniform(-1, 1, (T, chunk_size, action_dim)).astype(np.float32),
-        action_tokens=rng.integers(0, 256, (T, 0 if expert else K)).astype(np.int16),
+        action_tokens=rng.integers(0, num_bins, (T, 0 if expert else K)).astype(np.int16),
         behaviour_log_probs=-rng.exponential(3.0, (T, 0 if expert else K)).astype(np.float32),
         valid_mask=np.repeat(valid, action_dim, axis=1),
         created_at=1.7e9, timings={"env_s": 1.0, "inference_s": 0.5, "wait_s": 0.0},

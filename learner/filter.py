@@ -22,22 +22,27 @@ Rules (DESIGN.md "Dynamic sampling"):
 
 Dropped groups are marked consumed with their reason at once (so they are never re-read);
 the groups of a batch are marked ``trained`` by the learner after its update
-(:meth:`DynamicSamplingFilter.mark_trained`). ``pure`` selection is :func:`select_groups`.
+(:meth:`DynamicSamplingFilter.mark_trained`). ``quarantined``: a group whose records no
+longer decode, or that the learner cannot train on (it does not collate, or its update's
+loss is not finite: :meth:`DynamicSamplingFilter.quarantine`); it is never trained on nor
+retried, and counted as ``dropped_quarantined``. ``pure`` selection is :func:`select_groups`.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from common.config.schema import AlgoConfig
-from common.wire.trajectory import Trajectory
+from common.wire.trajectory import Trajectory, WireError
 
 if TYPE_CHECKING:
     from learner.store import GroupInfo, TrajectoryStore
 
 STALE, SUCCESS_LOW, SUCCESS_HIGH, MISSING = "stale", "success_low", "success_high", "missing"
-TRAINED = "trained"
+TRAINED, QUARANTINED = "trained", "quarantined"
+log = logging.getLogger(__name__)
 
 
 def drop_reason(info: "GroupInfo", policy_version: int, cfg: AlgoConfig) -> str | None:
@@ -127,8 +132,15 @@ class DynamicSamplingFilter:
         groups = []
         if len(chosen) >= min_groups:   # read trajectories only when a batch can form
             for info in list(chosen):
-                members = self.store.read_group(info.group_id)
-                if len(members) != info.group_size:   # evicted between the two reads
+                try:
+                    members = self.store.read_group(info.group_id)
+                except WireError as err:   # a record this build cannot read: never retry
+                    log.warning("group %s quarantined: %s", info.group_id, err)
+                    members = None
+                if members is None:
+                    dropped[info.group_id] = QUARANTINED
+                    chosen.remove(info)
+                elif len(members) != info.group_size:   # evicted between the two reads
                     dropped[info.group_id] = MISSING
                     chosen.remove(info)
                 else:
@@ -149,6 +161,14 @@ class DynamicSamplingFilter:
 
     def mark_trained(self, selection: Selection) -> None:
         self.store.mark_consumed(selection.group_ids, TRAINED)
+
+    def quarantine(self, selection: Selection, group_ids: list[str]) -> None:
+        """The learner does not train on ``selection``: ``group_ids`` (some or all of its
+        groups) are marked consumed ``quarantined`` and counted; the selection's other
+        groups stay unconsumed and come back in a later poll (so ``kept`` no longer
+        counts any of the selection)."""
+        self.kept -= len(selection.infos)
+        self._mark_dropped({g: QUARANTINED for g in group_ids})
 
     def _mark_dropped(self, dropped: dict[str, str]) -> None:
         for reason in set(dropped.values()):

@@ -16,7 +16,8 @@ Order of work in ``update`` (see learner/loss.py for the objective):
    values are the same; this saves a third of the compute). With more steps, p is
    computed once up front;
 3. per micro-batch: forward with grad, loss, backward (gradients accumulate);
-4. grad-norm clip to ``algo.grad_clip``, one optimiser step per mini-batch: the batch's
+4. grad-norm clip to ``algo.grad_clip``, one optimiser step per mini-batch (skipped, on
+   every rank, when a micro-batch's loss or the grad norm is not finite): the batch's
    micro-batches are cut into ``algo.mini_batches`` consecutive runs, each one step, for
    each of ``epochs_per_batch`` epochs, so that with several steps per batch the PPO clip
    bounds how far the policy moves from the proximal one;
@@ -150,6 +151,7 @@ class GRPO:
         sums: dict[str, torch.Tensor] = {}
         half = len(parts) // 2 if len(parts) > 1 and _world_size() == 1 else 0
         first: list[torch.Tensor | None] | None = None
+        bad_loss = torch.zeros((), device=self.device)   # micro-batches with a non-finite loss
         for i, ((part, _), w) in enumerate(zip(parts, weights)):
             self._set_gradient_sync(i == len(parts) - 1)
             logp, entropy = self._forward(part, self.policy, cfg.entropy_coef != 0)
@@ -160,6 +162,7 @@ class GRPO:
                 ref_log_probs=ref[i] if ref else None, kl_coef=cfg.kl_coef,
                 entropy=entropy, entropy_coef=cfg.entropy_coef)
             (loss * scale).backward()
+            bad_loss += (~torch.isfinite(loss.detach())).float()
             ent = entropy if entropy is not None else -part.behaviour_log_probs.to(self.device)
             stats["entropy"] = (w * ent.detach()).sum()
             for k, v in stats.items():
@@ -168,11 +171,14 @@ class GRPO:
                 first = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
         cosine = half_gradient_cosine(self.params, first) if first is not None else None
         norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
-        if math.isfinite(norm):
+        if _world_size() > 1:
+            dist.all_reduce(bad_loss)   # every rank makes the same decision
+        if math.isfinite(norm) and not bad_loss.item():
             self.optimizer.step()
         else:
-            # a NaN/inf gradient would poison the weights every actor then fetches
-            log.warning("grad norm %s is not finite; skipping the optimiser step", norm)
+            # a NaN/inf loss or gradient would poison the weights every actor then fetches
+            log.warning("loss (%d micro-batches not finite) or grad norm %s is not finite; "
+                        "skipping the optimiser step", int(bad_loss.item()), norm)
         return sums, norm, cosine
 
     def _reduce(self, sums: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:

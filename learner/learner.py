@@ -19,6 +19,12 @@ Consumption: dropped groups are marked at once by the filter; trained groups are
 after their update. Marks are never taken back, so after a crash the groups used by
 updates newer than the last checkpoint are not trained on again (at most once; the
 checkpoint's marks are re-applied on resume in case the store lost some).
+Quarantine: a group the learner cannot train on (it does not collate, or it was sampled
+at another temperature than the rest of its batch) is marked consumed ``quarantined`` before
+any update and the batch waits for the next poll; a batch whose update has a non-finite
+loss or grad norm (the optimiser step is skipped; the version still advances) has all its
+groups quarantined. Either way they are counted (``dropped_quarantined``), never trained on
+and never retried (also after a resume: the marks are in the checkpoints).
 ``mode=sync``: the weight publisher is paused while the learner updates, so actors hold
 their next round until the new version is out; only groups of the current version are used.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -38,6 +45,7 @@ from common.transport.heartbeats import HealthMonitor
 from common.metrics import MetricsLogger
 from common.transport.curve import CurveServerKeys
 from common.transport.weight_publisher import WeightPublisher
+from learner.batch import collate
 from learner.checkpoint import Checkpoint, save_checkpoint
 from learner.filter import DynamicSamplingFilter, Selection
 from learner.ranks import effective_algo, send_command
@@ -49,6 +57,31 @@ from learner.trainer import Trainer
 log = logging.getLogger("pushcut.learner")
 
 
+def untrainable_groups(selection: Selection, adv_eps: float) -> dict[str, str]:
+    """The groups of ``selection`` the learner cannot train on -> {group_id: why}: those
+    that do not collate on their own (:func:`learner.batch.collate` raises) and those
+    sampled at another temperature than the first group that does (a batch has one)."""
+    bad: dict[str, str] = {}
+    temperature = None
+    for info, group in zip(selection.infos, selection.groups):
+        try:
+            collate([group], adv_eps)
+        except Exception as exc:   # whatever collate refuses, training would crash on
+            bad[info.group_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        if temperature is None:
+            temperature = group[0].temperature
+        elif group[0].temperature != temperature:
+            bad[info.group_id] = (f"sampled at temperature {group[0].temperature}, the "
+                                  f"batch at {temperature}")
+    return bad
+
+
+def finite_update(stats: dict) -> bool:
+    """Were the update's loss and grad norm finite (so that its groups count as trained)?"""
+    return all(math.isfinite(stats[k]) for k in ("loss", "grad_norm"))
+
+
 class Learner:
     """Owns the store handle, filter, publisher, heartbeat monitor and metrics of rank 0."""
 
@@ -58,7 +91,8 @@ class Learner:
         lc = cfg.learner
         curve = CurveServerKeys(lc.curve_secret_key, lc.curve_authorized_dir) \
             if lc.curve_secret_key else None
-        self.store = TrajectoryStore(cfg.store.path, cfg.store.capacity, cfg.store.map_size_mb)
+        self.store = TrajectoryStore(cfg.store.path, cfg.store.capacity, cfg.store.map_size_mb,
+                                     accept_expert=cfg.store.accept_expert)
         self._closers = [self.store.close]
         if checkpoint is not None:
             self.store.restore_consumption_marks(checkpoint.consumption_marks)
@@ -135,7 +169,8 @@ class Learner:
                 selection = self._wait_for_batch()
                 if selection is None:
                     break
-                self._update(selection)
+                if not self._update(selection):
+                    continue
                 every = self.cfg.learner.snapshot_every
                 if every > 0 and self.version % every == 0:
                     self._snapshot(final=False)
@@ -180,7 +215,15 @@ class Learner:
                                   "queue_groups": queued, **counters}, step=self.version)
         return None
 
-    def _update(self, selection: Selection) -> None:
+    def _update(self, selection: Selection) -> bool:
+        """One version from ``selection`` -> True; False (no update) when some of its groups
+        cannot be trained on: those are quarantined, the others wait for the next batch."""
+        bad = untrainable_groups(selection, self.trainer.grpo.cfg.adv_eps)
+        if bad:
+            for group_id, why in bad.items():
+                log.warning("v%d: group %s quarantined: %s", self.version, group_id, why)
+            self.filter.quarantine(selection, list(bad))
+            return False
         sync = self.cfg.mode == "sync"
         t0 = time.monotonic()
         wait_s = t0 - self._last_update_end
@@ -188,7 +231,13 @@ class Learner:
             self.publisher.pause()
         send_command("train", self.trainer.device)
         stats = self.trainer.train(selection.groups)
-        self.filter.mark_trained(selection)
+        trained = finite_update(stats)
+        if trained:
+            self.filter.mark_trained(selection)
+        else:
+            log.warning("v%d: loss %s, grad norm %s: no optimiser step; groups %s quarantined",
+                        self.version, stats["loss"], stats["grad_norm"], selection.group_ids)
+            self.filter.quarantine(selection, selection.group_ids)
         t1 = time.monotonic()
         self.model_sd = self.trainer.full_state_dict()
         self.publisher.publish(self.version, self.model_sd)
@@ -196,12 +245,14 @@ class Learner:
             self.publisher.resume()
         t2 = time.monotonic()
         self.updates += 1
-        self.env_steps_trained += sum(t.length for g in selection.groups for t in g)
-        self._log_update(selection, stats, wait_s, t1 - t0, t2 - t1, t2)
+        if trained:
+            self.env_steps_trained += sum(t.length for g in selection.groups for t in g)
+        self._log_update(selection, stats, wait_s, t1 - t0, t2 - t1, t2, trained)
         self._last_update_end = t2
+        return True
 
     def _log_update(self, selection: Selection, stats: dict, wait_s: float, update_s: float,
-                    publish_s: float, now: float) -> None:
+                    publish_s: float, now: float, trained: bool = True) -> None:
         progress = self.progress()
         steps = progress["env_steps"]      # monotonic across actor restarts
         t_prev, steps_prev = self._env_steps
@@ -210,7 +261,8 @@ class Learner:
         counts = self.filter.report()
         record = {
             "event": "update", **stats, **counts, "rollout_success": self._rollout_success(counts),
-            "group_ids": selection.group_ids,
+            "group_ids": selection.group_ids if trained else [],
+            "quarantined_group_ids": [] if trained else selection.group_ids,
             "task_ids": [info.task_id for info in selection.infos],
             "batch_env_steps": sum(t.length for g in selection.groups for t in g),
             "queue_groups": store["complete_groups"], "store_trajectories": store["trajectories"],

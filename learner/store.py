@@ -16,17 +16,23 @@ One LMDB environment (a directory), named sub-databases:
 =============  ====================================  =====================================
 
 Guarantees (also in the README's section on the store's guarantees): a write is durable
-when the call returns (``sync=True`` commits); writes are idempotent by trajectory_id; a
+when the call returns (``sync=True`` commits); writes are idempotent by trajectory_id (the
+same record again is a ``duplicate``; another record under a known id is a ``conflict``); a
 trajectory whose group is already consumed or evicted is dropped, so a consumed group
 never comes back; beyond ``capacity`` trajectories whole groups are evicted, consumed
 groups first, then the stalest (lowest policy_version, then oldest created_at); an
 unconsumed group that is evicted is marked consumed with reason ``evicted``; a full map is
-doubled and the transaction retried.
+doubled and the transaction retried. A record that breaks its batch's transaction never
+fails the batch: :meth:`TrajectoryStore.commit` retries record by record and rejects only
+that one. The members of a group agree on task, initial state, size, temperature and policy
+kind (sampled or expert); expert records (``policy_version == -1``) are refused unless the
+store holds demonstrations (``accept_expert``).
 Other processes may open the same path (readers, or writers such as the learner marking
 groups consumed); one process opens a path once and shares the instance between threads.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -39,9 +45,15 @@ import msgpack
 from common.wire.trajectory import Trajectory, WireError, decode, encode
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 EVICTED = "evicted"                   # consumption reason of groups evicted before use
 _DB_NAMES = ("traj", "groups", "complete", "consumed", "order", "info")
 _NO_LIMIT = 1 << 62                   # decode() limit for records already validated on ingest
+# failures of the environment, not of a record: commit() raises them (senders resend)
+_ENVIRONMENT_ERRORS = (OSError, MemoryError, lmdb.DiskError, lmdb.PanicError, lmdb.ReadonlyError,
+                       lmdb.CorruptedError, lmdb.InvalidError, lmdb.LockError,
+                       lmdb.ReadersFullError, lmdb.MemoryError, lmdb.VersionMismatchError)
+_VALUE_ERRORS = (struct.error, OverflowError, ValueError, TypeError)   # -> bad_value
 
 
 @dataclass
@@ -73,6 +85,28 @@ def _order_key(record: dict[str, Any], group_id: bytes, consumed: bool) -> bytes
                        micros + (1 << 63), record["seq"]) + group_id
 
 
+def _same_record(stored: bytes, raw: Any, traj: Trajectory) -> bool:
+    """Is the stored record the one being put? Same bytes, or the same fields."""
+    try:
+        return stored == raw or decode(stored, _NO_LIMIT).equals(traj)
+    except WireError:   # written by another build: not this record
+        return False
+
+
+def _group_conflict(record: dict[str, Any], traj: Trajectory) -> Optional[WireError]:
+    """The group's record and a new member -> a ``group_conflict`` naming what differs, or
+    None when they agree (records written before temperature/expert were kept agree)."""
+    mine = {"task_id": traj.task_id, "init_state_id": traj.init_state_id,
+            "group_size": traj.group_size, "temperature": traj.temperature,
+            "expert": traj.is_expert}
+    differ = [f"{k} {v!r} but the group has {record[k]!r}" for k, v in mine.items()
+              if record.get(k, v) != v]
+    if not differ:
+        return None
+    return WireError("group_conflict", f"trajectory {traj.trajectory_id} in group "
+                     f"{traj.group_id}: " + "; ".join(differ))
+
+
 def _group_info(group_id: bytes, record: dict[str, Any]) -> GroupInfo:
     members = record["members"]
     return GroupInfo(group_id=group_id.decode(), task_id=record["task_id"],
@@ -85,12 +119,13 @@ class TrajectoryStore:
     """LMDB-backed store of trajectories and their groups. See the module docstring."""
 
     def __init__(self, path: str, capacity: int = 20000, map_size_mb: int = 256,
-                 readonly: bool = False):
+                 readonly: bool = False, accept_expert: bool = False):
         if capacity < 1 or map_size_mb < 1:
             raise ValueError(f"capacity {capacity} and map_size_mb {map_size_mb} must be >= 1")
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             raise FileNotFoundError(f"no trajectory store at {path!r} (data.mdb missing)")
         self.path, self.capacity, self.readonly = path, capacity, readonly
+        self.accept_expert = accept_expert   # False: expert records are refused (expert_record)
         self._lock = threading.RLock()
         try:
             self._env = lmdb.open(path, map_size=map_size_mb << 20, subdir=True, max_dbs=8,
@@ -115,16 +150,42 @@ class TrajectoryStore:
 
     def put_many(self, items: Sequence[tuple[Trajectory, bytes]]) -> list[bool]:
         """Store several trajectories in one durable transaction; True for each new one.
-        On a group conflict nothing is written and the WireError is raised."""
+        On a rejection (see :meth:`commit`) nothing is written and the WireError is raised."""
         outcomes = self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=True))
         return [o == "stored" for o in outcomes]
 
     def commit(self, items: Sequence[tuple[Trajectory, Any]]) -> list[str | WireError]:
         """The ingest's commit: one durable transaction; per item ``"stored"``,
-        ``"duplicate"`` (trajectory_id already present), ``"dropped"`` (its group was consumed
-        or evicted) or a WireError (``group_conflict``: task_id, init_state_id or group_size
-        differ from the group's first member; ``group_full``: more than group_size members)."""
-        return self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=False))
+        ``"duplicate"`` (the same record is already present), ``"dropped"`` (its group was
+        consumed or evicted) or a WireError (``conflict``: another record under that
+        trajectory_id; ``expert_record``: an expert record and not ``accept_expert``;
+        ``group_conflict``: task_id, init_state_id, group_size, temperature or policy kind
+        differ from the group's first member; ``group_full``: more than group_size members).
+
+        If the batch's transaction raises, each item is retried in a transaction of its own
+        and one that raises again is rejected (``bad_value`` for a value the store cannot
+        encode, ``store_error`` otherwise), so the rest are still stored. Failures of the
+        environment (disk, LMDB itself) are raised: nothing is acknowledged, senders resend."""
+        try:
+            return self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=False))
+        except _ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:   # one record broke the batch: isolate it
+            log.warning("commit of %d trajectories failed (%s: %s); retrying one by one",
+                        len(items), type(exc).__name__, exc)
+        return [self._commit_one(item) for item in items]
+
+    def _commit_one(self, item: tuple[Trajectory, Any]) -> str | WireError:
+        """One item in its own transaction -> its outcome, or the rejection of a record the
+        store cannot hold."""
+        try:
+            return self._write(lambda txn: self._commit_txn(txn, [item], False))[0]
+        except _ENVIRONMENT_ERRORS:
+            raise
+        except Exception as exc:
+            reason = "bad_value" if isinstance(exc, _VALUE_ERRORS) else "store_error"
+            return WireError(reason, f"trajectory {item[0].trajectory_id} cannot be stored: "
+                                     f"{type(exc).__name__}: {exc}"[:300])
 
     def mark_consumed(self, group_ids: Iterable[str], reason: str = "trained") -> None:
         """Persist that these groups are used up: complete_groups() never returns them again
@@ -257,21 +318,27 @@ class TrajectoryStore:
 
     def _put_txn(self, txn, traj: Trajectory, raw) -> str:
         key, gkey = traj.trajectory_id.encode(), traj.group_id.encode()
-        if self._has(txn, "traj", key):
-            return "duplicate"
+        if traj.is_expert and not self.accept_expert:
+            raise WireError("expert_record", f"trajectory {traj.trajectory_id}: an expert "
+                            "record (policy_version -1) and this store holds RL rollouts "
+                            "(store.accept_expert=false)")
+        stored = txn.get(key, db=self._db["traj"])
+        if stored is not None:
+            if _same_record(stored, raw, traj):
+                return "duplicate"
+            raise WireError("conflict", f"trajectory {traj.trajectory_id} is already stored "
+                            "with a different payload")
         if self._has(txn, "consumed", gkey):
             return "dropped"
         packed = txn.get(gkey, db=self._db["groups"])
         record = msgpack.unpackb(packed) if packed is not None else {
             "task_id": traj.task_id, "init_state_id": traj.init_state_id,
-            "group_size": traj.group_size, "policy_version": traj.policy_version,
+            "group_size": traj.group_size, "temperature": traj.temperature,
+            "expert": traj.is_expert, "policy_version": traj.policy_version,
             "created_at": traj.created_at, "seq": self._next_seq(txn), "members": []}
-        mine = (traj.task_id, traj.init_state_id, traj.group_size)
-        theirs = (record["task_id"], record["init_state_id"], record["group_size"])
-        if mine != theirs:
-            raise WireError("group_conflict", f"trajectory {traj.trajectory_id}: (task_id, "
-                            f"init_state_id, group_size) {mine} but group {traj.group_id} has "
-                            f"{theirs}")
+        conflict = _group_conflict(record, traj)
+        if conflict is not None:
+            raise conflict
         if len(record["members"]) >= record["group_size"]:
             raise WireError("group_full", f"trajectory {traj.trajectory_id}: group "
                             f"{traj.group_id} already has its {record['group_size']} members")

@@ -88,7 +88,8 @@ class StoreService:
         stop = stop or self._stop
         if self._store is None:
             self._store = TrajectoryStore(self.cfg.path, capacity=self.cfg.capacity,
-                                          map_size_mb=self.cfg.map_size_mb)
+                                          map_size_mb=self.cfg.map_size_mb,
+                                          accept_expert=self.cfg.accept_expert)
         try:
             server = IngestServer(self.cfg.ingest_address, self._store.commit,
                                   max_message_bytes=self.cfg.max_message_mb << 20,

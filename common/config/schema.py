@@ -147,6 +147,9 @@ class StoreConfig:
     """where the store binds its ingest (ROUTER)"""
     capacity: int = 20000
     """trajectories kept; beyond it evict consumed, then stalest"""
+    accept_expert: bool = False
+    """hold expert records (policy_version -1, demonstrations); an RL store refuses them
+    (rejection reason expert_record)"""
     map_size_mb: int = 256
     """initial LMDB map; grows on MapFullError"""
     max_message_mb: int = 64

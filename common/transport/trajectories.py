@@ -7,7 +7,9 @@ name it even when the payload does not decode. Replies, server -> sender:
 ``[b"ack", trajectory_id, outcome]`` (outcome ``stored`` | ``duplicate`` | ``dropped``) once
 the store's transaction holding it has committed, or ``[b"reject", trajectory_id, reason,
 detail]`` for a message that will never be accepted (a :class:`WireError` reason,
-``bad_frames``, ``id_mismatch``, or a store conflict such as ``group_conflict``).
+``bad_frames``, ``id_mismatch``, or the store's: ``group_conflict``, ``group_full``,
+``conflict``, ``expert_record``, ``bad_value`` / ``store_error`` for a record its
+transaction cannot hold; the other records of that batch are still acknowledged).
 
 Guarantees: a sender keeps every unacknowledged trajectory and resends it after
 ``resend_after_s`` (doubling up to 4x per attempt), so nothing acknowledged is lost and

@@ -17,6 +17,15 @@ behaviour_log_probs       float32    [T, K]      log-prob of each token at ``tem
 valid_mask                bool       [T, C·D]    token executed (steps after the end are not)
 ========================  =========  ===================
 
+``num_bins`` is the size of the action space's token vocabulary per dimension (the policy's
+``num_bins``): every action token lies in ``[0, num_bins)``. Expert records carry no tokens
+(0 is allowed there).
+
+Value ranges (``bad_value`` otherwise): the ints the store keys and orders by fit a signed
+64-bit key (``policy_version`` in [-1, 2**63), ``init_state_id`` >= 0, ``group_size`` and
+``length`` >= 1); ``created_at`` in [0, 1e12] seconds; proprio, actions and timing values
+finite; behaviour log-probs finite and <= 0; at most 32 timings, keys of 1..64 characters.
+
 ``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and the
 valid tokens are exactly those of the first ``length`` steps (step-major: token ``c·D + d``
 of decision ``t`` belongs to step ``t·C + c``), hence ``valid_mask.sum() == length · D``.
@@ -37,11 +46,15 @@ import numpy as np
 from common.wire.codec import pack_array, unpack_array
 from common.wire.errors import WireError  # also imported from here by the record's users
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2           # 2: num_bins
 EXPERT_VERSION = -1          # policy_version of scripted-expert demonstrations
 DEFAULT_MAX_BYTES = 64 << 20
 MAX_ID_LEN = 128
 MAX_TEXT_LEN = 4096
+INT64_MAX = (1 << 63) - 1    # the store packs policy_version etc. into signed 64-bit keys
+MAX_NUM_BINS = 1 << 15       # action_tokens are int16
+MAX_TIME_S = 1e12            # created_at in seconds (the store keys it in microseconds)
+MAX_TIMINGS, MAX_TIMING_KEY = 32, 64
 
 ARRAY_DTYPES: dict[str, np.dtype] = {
     "images": np.dtype(np.uint8),
@@ -59,6 +72,7 @@ SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "trajectory_id": (str,), "group_id": (str,), "actor_id": (str,), "task_id": (str,),
     "instruction": (str,), "init_state_id": (int,), "policy_version": (int,),
     "group_size": (int,), "success": (bool,), "length": (int,), "temperature": (float, int),
+    "num_bins": (int,),
     "created_at": (float, int), "timings": (dict,),
 }
 FIELDS = ("schema", *SCALAR_TYPES, *ARRAY_DTYPES)
@@ -77,6 +91,7 @@ class Trajectory:
     success: bool
     length: int
     temperature: float
+    num_bins: int                # action bins per dimension: tokens lie in [0, num_bins)
     images: np.ndarray
     proprio: np.ndarray
     actions: np.ndarray
@@ -170,14 +185,49 @@ def _check_scalars(msg: dict[str, Any]) -> None:
     if not all(isinstance(k, str) and isinstance(v, (float, int)) and not isinstance(v, bool)
                for k, v in msg["timings"].items()):
         raise WireError("wrong_type", "timings: expected a map of str to float")
-    if msg["group_size"] < 1 or msg["length"] < 1 or msg["init_state_id"] < 0:
-        raise WireError("bad_value", "group_size and length must be >= 1, init_state_id >= 0")
-    if msg["policy_version"] < EXPERT_VERSION:
-        raise WireError("bad_value", f"policy_version {msg['policy_version']} < -1")
+    _check_ranges(msg)
+
+
+# int field -> (lowest, highest) accepted: what the store's keys and the token dtype hold
+INT_RANGES = {"policy_version": (EXPERT_VERSION, INT64_MAX), "init_state_id": (0, INT64_MAX),
+              "group_size": (1, INT64_MAX), "length": (1, INT64_MAX),
+              "num_bins": (0, MAX_NUM_BINS)}
+
+
+def _check_ranges(msg: dict[str, Any]) -> None:
+    """Scalars of the right types -> WireError ``bad_value`` unless every int is inside
+    :data:`INT_RANGES`, temperature finite and >= 0, created_at in [0, MAX_TIME_S], and
+    timings at most MAX_TIMINGS keys of at most MAX_TIMING_KEY characters, values finite."""
+    for name, (lo, hi) in INT_RANGES.items():
+        if not lo <= msg[name] <= hi:
+            raise WireError("bad_value", f"{name} {msg[name]} not in [{lo}, {hi}]")
     if not (msg["temperature"] >= 0.0 and math.isfinite(msg["temperature"])):
         raise WireError("bad_value", f"temperature {msg['temperature']} is not finite and >= 0")
-    if not math.isfinite(msg["created_at"]):
-        raise WireError("bad_value", f"created_at {msg['created_at']} is not finite")
+    if not 0.0 <= msg["created_at"] <= MAX_TIME_S:    # NaN fails this too
+        raise WireError("bad_value", f"created_at {msg['created_at']} is not finite and in "
+                                     f"[0, {MAX_TIME_S:g}] seconds")
+    timings = msg["timings"]
+    if len(timings) > MAX_TIMINGS or any(len(k) > MAX_TIMING_KEY for k in timings):
+        raise WireError("bad_value", f"timings: {len(timings)} keys (at most {MAX_TIMINGS}, "
+                                     f"each of at most {MAX_TIMING_KEY} characters)")
+    if not all(math.isfinite(v) for v in timings.values()):
+        raise WireError("bad_value", "timings: values must be finite")
+
+
+def _check_values(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Arrays of checked shapes -> WireError ``bad_value`` unless proprio and actions are
+    finite, behaviour log-probs finite and <= 0, and every action token < num_bins."""
+    for name in ("proprio", "actions"):
+        if not np.isfinite(arrays[name]).all():
+            raise WireError("bad_value", f"{name}: values must be finite")
+    logp = arrays["behaviour_log_probs"]
+    if not (np.isfinite(logp).all() and (logp <= 0).all()):
+        raise WireError("bad_value", "behaviour_log_probs: values must be finite and <= 0 "
+                                     "(log-probabilities)")
+    tokens = arrays["action_tokens"]
+    if tokens.size and int(tokens.max()) >= msg["num_bins"]:
+        raise WireError("bad_value", f"action_tokens: bin index {int(tokens.max())} outside "
+                                     f"the record's num_bins {msg['num_bins']}")
 
 
 def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -238,6 +288,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
     _check_scalars(msg)
     arrays = {name: _unpack_array(name, msg[name], max_bytes) for name in ARRAY_DTYPES}
     _check_shapes(msg, arrays)
+    _check_values(msg, arrays)
     scalars = {k: msg[k] for k in SCALAR_TYPES}
     scalars["temperature"] = float(scalars["temperature"])
     scalars["created_at"] = float(scalars["created_at"])

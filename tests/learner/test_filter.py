@@ -47,10 +47,13 @@ def test_keeps_mixed_fresh_groups_and_drops_the_rest_with_reasons(store):
     assert all(len(g) == 4 and g[0].group_id in (mixed, edge) for g in sel.groups)
     marks = store.consumption_marks()
     assert marks == {stale: "stale", all_fail: "success_low", all_win: "success_high"}
+    # rollouts: every complete group seen once (1 + 3 + 2 + 0 + 4 of 20), kept or dropped
     assert flt.report() == {"kept": 2, "dropped_stale": 1, "dropped_success_high": 1,
-                            "dropped_success_low": 1}
+                            "dropped_success_low": 1, "rollout_successes": 10,
+                            "rollout_trajectories": 20}
     # chosen groups are not consumed until trained; then never returned again
     assert flt.poll(policy_version=10, min_groups=1).group_ids == sel.group_ids
+    assert flt.report()["rollout_trajectories"] == 20       # seen again: not counted twice
     flt.mark_trained(sel)
     assert store.consumption_marks()[mixed] == "trained"
     assert flt.poll(policy_version=10, min_groups=1) is None
@@ -98,3 +101,51 @@ def test_select_groups_pure():
     assert dropped == {"old": "stale", "win": "success_high"}
     assert balance_tasks([], 3) == []
     assert [g.group_id for g in balance_tasks(infos[:3], 10)] == ["b1", "a2", "a1"]
+
+
+# ---------------------------------------------------------------- quarantine
+def test_quarantined_groups_are_marked_counted_and_the_rest_come_back(store):
+    rng = np.random.default_rng(4)
+    a, b, c = (put_group(store, rng, [True, False], task=f"spatial/{i}") for i in range(3))
+    flt = DynamicSamplingFilter(store, CFG)
+    sel = flt.poll(policy_version=10)
+    assert set(sel.group_ids) == {a, b, c} and flt.kept == 3
+    flt.quarantine(sel, [b])
+    assert store.consumption_marks() == {b: "quarantined"}
+    assert flt.report()["dropped_quarantined"] == 1 and flt.kept == 0
+    again = flt.poll(policy_version=10, min_groups=1)   # never retried; the others return
+    assert set(again.group_ids) == {a, c} and flt.kept == 2
+
+
+def test_a_group_whose_records_no_longer_decode_is_quarantined(store):
+    rng = np.random.default_rng(5)
+    good = put_group(store, rng, [True, False])
+    bad = put_group(store, rng, [True, False])
+    [member, _] = store.group_info(bad).trajectory_ids
+    store._write(lambda txn: txn.put(member.encode(), b"\xc1not a record", db=store._db["traj"]))
+    flt = DynamicSamplingFilter(store, CFG)
+    sel = flt.poll(policy_version=10, min_groups=1)
+    assert sel.group_ids == [good] and sel.dropped == {bad: "quarantined"}
+    assert store.consumption_marks() == {bad: "quarantined"}
+
+
+def test_the_learner_screens_out_groups_it_cannot_collate(tmp_path):
+    from learner.filter import Selection
+    from learner.learner import finite_update, untrainable_groups
+
+    rng = np.random.default_rng(6)
+    with TrajectoryStore(str(tmp_path / "demos"), accept_expert=True) as demo_store:
+        ok = put_group(demo_store, rng, [True, False])
+        expert = put_group(demo_store, rng, [True, False], version=-1)
+        hot = put_group(demo_store, rng, [True, False])
+        groups = [demo_store.read_group(g) for g in (ok, expert, hot)]
+        infos = [demo_store.group_info(g) for g in (ok, expert, hot)]
+    for t in groups[2]:
+        t.temperature = 0.7
+    bad = untrainable_groups(Selection(groups=groups, infos=infos), adv_eps=1e-6)
+    assert sorted(bad) == sorted([expert, hot])
+    assert "expert" in bad[expert] and "temperature 0.7" in bad[hot]
+    assert untrainable_groups(Selection(groups=groups[:1], infos=infos[:1]), 1e-6) == {}
+    assert finite_update({"loss": 0.1, "grad_norm": 2.0})
+    assert not finite_update({"loss": float("nan"), "grad_norm": 2.0})
+    assert not finite_update({"loss": 0.1, "grad_norm": float("inf")})

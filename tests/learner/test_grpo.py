@@ -191,3 +191,27 @@ def test_grad_cosine_tells_agreeing_halves_from_opposed_ones():
     single = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0),
                   AlgoConfig(micro_batch_size=16)).update(collate([group]))
     assert single["grad_cosine"] is None                 # one micro-batch: no halves
+
+
+def test_a_non_finite_loss_never_steps_the_optimiser(monkeypatch):
+    """A loss that is NaN while its gradient is finite (here: a NaN constant added to the real
+    loss, which leaves the gradient unchanged) must not move the weights; the update still
+    makes its version and reports the loss, so the learner can quarantine the batch."""
+    import learner.grpo as grpo_module
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = policy_loss(*args, **kwargs)
+        nan = torch.tensor(float("nan"))
+        return loss + nan, {**stats, "loss": stats["loss"] + nan}
+
+    monkeypatch.setattr(grpo_module, "policy_loss", nan_loss)
+    policy = micro_policy()
+    groups = groups_of(policy)
+    before = torch.cat([p.detach().flatten().clone() for p in policy.parameters()])
+    cfg = AlgoConfig(micro_batch_size=16, grad_clip=1e9)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=0)
+    stats = grpo.update(collate(groups))
+    after = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert np.isfinite(stats["grad_norm"]) and stats["grad_norm"] > 0
+    assert np.isnan(stats["loss"]) and stats["policy_version"] == 1
+    assert torch.equal(before, after)

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from common.metrics import read_jsonl
+from common.synthetic import make_trajectory
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from learner.store import TrajectoryStore
 from learner.trainer import free_port
@@ -104,3 +105,42 @@ def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
     assert latest_checkpoint(tmp_path / "ckpt").name == f"version-{target:08d}"
     assert all(r["staleness_max"] == r["policy_version"] - 1 for r in second)
     assert "learner stopped:" in (tmp_path / "learner2.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_poison_group_is_quarantined_and_versions_keep_advancing(tmp_path):
+    """A complete group the learner cannot collate (expert records, in a store that holds
+    demos) is quarantined, never trained on, counted, and kept in the checkpoint's marks,
+    while the learner trains on the other groups version after version."""
+    policy, rng = micro_policy(0), np.random.default_rng(3)
+    with TrajectoryStore(str(tmp_path / "store"), capacity=10_000, map_size_mb=64,
+                         accept_expert=True) as store:
+        good = []
+        for g in range(4):   # one task, so the poison group's task comes up in the first batch
+            group = sampled_group(policy, rng, [True, False, g % 2 == 0, False], length=10)
+            for t in group:
+                store.put(t)
+            good.append(group[0].group_id)
+        for i, success in enumerate([True, False, True, False]):
+            store.put(make_trajectory(rng, trajectory_id=f"poison.{i}", group_id="poison",
+                                      group_size=4, length=10, policy_version=-1,
+                                      success=success, task_id="goal/0"))
+    args = learner_args(tmp_path, **{"learner.max_versions": 2, "learner.torch_threads": 1,
+                                     "store.accept_expert": "true"})
+    proc = start_learner(args, tmp_path / "learner.log")
+    try:
+        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    rows = updates(tmp_path)
+    assert [r["policy_version"] for r in rows] == [1, 2]
+    trained = [g for r in rows for g in r["group_ids"]]
+    assert sorted(trained) == sorted(good) and "poison" not in trained
+    assert rows[-1]["dropped_quarantined"] == 1 and rows[-1]["kept"] == 4
+    assert all(np.isfinite(r["loss"]) and r["quarantined_group_ids"] == [] for r in rows)
+    with TrajectoryStore(str(tmp_path / "store"), readonly=True) as store:
+        marks = store.consumption_marks()
+    assert marks == {**{g: "trained" for g in good}, "poison": "quarantined"}
+    final = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
+    assert final.policy_version == 2 and final.consumption_marks["poison"] == "quarantined"
+    assert "group poison quarantined" in (tmp_path / "learner.log").read_text()

@@ -184,3 +184,76 @@ def test_readers_and_writers_in_other_processes(path):
         assert store.is_consumed("g0") and store.consumption_marks() == {"g0": "other-process"}
         assert "g0" not in {g.group_id for g in store.complete_groups()}
         assert store.stats()["map_size"] > 1 << 20
+
+
+# ---------------------------------------------------------------- what a commit refuses
+def test_the_same_record_is_a_duplicate_and_another_under_its_id_a_conflict(path):
+    with TrajectoryStore(path) as store:
+        first = traj("g", 0)
+        assert store.commit([(first, encode(first))]) == ["stored"]
+        again = traj("g", 0)                              # the same record, rebuilt
+        assert store.commit([(again, memoryview(encode(again)))]) == ["duplicate"]
+        other = traj("g", 0, success=not first.success)  # same id, different payload
+        [outcome] = store.commit([(other, encode(other))])
+        assert isinstance(outcome, WireError) and outcome.reason == "conflict"
+        assert "g-0" in outcome.detail
+        assert store.get_raw("g-0") == encode(first)      # the stored record is unchanged
+        with pytest.raises(WireError, match="conflict"):
+            store.put(other)
+
+
+def test_an_rl_store_refuses_expert_records_unless_it_holds_demos(tmp_path):
+    demo = traj("d", 0, group_size=1, version=-1)
+    with TrajectoryStore(str(tmp_path / "rl")) as store:
+        [outcome] = store.commit([(demo, encode(demo))])
+        assert outcome.reason == "expert_record" and len(store) == 0
+    with TrajectoryStore(str(tmp_path / "demos"), accept_expert=True) as store:
+        assert store.commit([(demo, encode(demo))]) == ["stored"]
+
+
+def test_group_members_agree_on_temperature_and_policy_kind(path):
+    with TrajectoryStore(path, accept_expert=True) as store:
+        store.put(traj("g", 0, group_size=3))
+        hotter = traj("g", 1, group_size=3)
+        hotter.temperature = 1.0
+        expert = traj("g", 2, group_size=3, version=-1)
+        fine = traj("g", 3, group_size=3)
+        outcomes = store.commit([(t, encode(t)) for t in (hotter, expert, fine)])
+        assert [getattr(o, "reason", o) for o in outcomes] == [
+            "group_conflict", "group_conflict", "stored"]
+        assert "temperature 1.0" in outcomes[0].detail and "expert True" in outcomes[1].detail
+        assert store.group_info("g").trajectory_ids == ["g-0", "g-3"]
+
+
+def test_a_record_that_breaks_the_transaction_is_rejected_and_the_rest_stored(path, monkeypatch):
+    with TrajectoryStore(path) as store:
+        put_txn = store._put_txn
+        failures = {"g-1": OverflowError("int too large to convert"),
+                    "h-0": RuntimeError("something odd in the store")}
+        attempts = []
+
+        def flaky(txn, t, raw):
+            attempts.append(t.trajectory_id)
+            if t.trajectory_id in failures:
+                raise failures[t.trajectory_id]
+            return put_txn(txn, t, raw)
+
+        monkeypatch.setattr(store, "_put_txn", flaky)
+        batch = [traj("g", 0), traj("g", 1), traj("h", 0), traj("h", 1)]
+        outcomes = store.commit([(t, encode(t)) for t in batch])
+        assert outcomes[0] == outcomes[3] == "stored"
+        assert (outcomes[1].reason, outcomes[2].reason) == ("bad_value", "store_error")
+        assert "OverflowError" in outcomes[1].detail and "g-1" in outcomes[1].detail
+        assert attempts[:2] == ["g-0", "g-1"]               # the batch's transaction first
+        assert sorted(t.trajectory_id for t in batch if t.trajectory_id in store) == [
+            "g-0", "h-1"]
+        failures["g-0"] = OSError("disk full")               # the environment, not a record
+        with pytest.raises(OSError):
+            store.commit([(traj("g", 0), encode(traj("g", 0))), (traj("k", 0), b"")])
+
+
+def test_the_largest_values_decode_accepts_fit_the_store_keys(path):
+    t = traj("g", 0, version=2 ** 63 - 1, created_at=1e12)
+    with TrajectoryStore(path) as store:
+        assert store.commit([(t, encode(t))]) == ["stored"]
+        assert store.group_info("g").policy_versions == [2 ** 63 - 1]

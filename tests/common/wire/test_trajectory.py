@@ -109,7 +109,8 @@ def _mask_not_prefix(msg):
 
 MALFORMED = {
     # case name: (mutation, expected reason, a word the detail must contain)
-    "version 2": (_set(["schema"], 2), "unknown_version", "2"),
+    "version 1 (before num_bins)": (_set(["schema"], 1), "unknown_version", "1"),
+    "version 3": (_set(["schema"], 3), "unknown_version", "3"),
     "version as text": (_set(["schema"], "1"), "unknown_version", "'1'"),
     "version as float": (_set(["schema"], 1.0), "unknown_version", "1.0"),
     "no schema": (_delete("schema"), "missing_field", "schema"),
@@ -150,6 +151,35 @@ MALFORMED = {
     "inf created_at": (_set(["created_at"], math.inf), "bad_value", "created_at"),
     "negative token": (_array("action_tokens", data=lambda d: b"\xff\xff" + d[2:]),
                        "bad_value", "action_tokens"),
+    # ranges: what the store keys and orders by, and values the learner can use
+    "policy_version 2**63": (_set(["policy_version"], 2 ** 63), "bad_value", "policy_version"),
+    "policy_version -2": (_set(["policy_version"], -2), "bad_value", "policy_version"),
+    "init_state_id 2**64-1": (_set(["init_state_id"], 2 ** 64 - 1), "bad_value",
+                              "init_state_id"),
+    "group_size 2**63": (_set(["group_size"], 2 ** 63), "bad_value", "group_size"),
+    "huge created_at": (_set(["created_at"], 1e308), "bad_value", "created_at"),
+    "nan created_at": (_set(["created_at"], math.nan), "bad_value", "created_at"),
+    "negative created_at": (_set(["created_at"], -1.0), "bad_value", "created_at"),
+    "no num_bins": (_delete("num_bins"), "missing_field", "num_bins"),
+    "num_bins as float": (_set(["num_bins"], 256.0), "wrong_type", "num_bins"),
+    "num_bins 2**15+1": (_set(["num_bins"], 2 ** 15 + 1), "bad_value", "num_bins"),
+    "token past num_bins": (_set(["num_bins"], 4), "bad_value", "num_bins 4"),
+    "nan log-prob": (_array("behaviour_log_probs",
+                            data=lambda d: np.float32(np.nan).tobytes() + d[4:]),
+                     "bad_value", "behaviour_log_probs"),
+    "-inf log-prob": (_array("behaviour_log_probs",
+                             data=lambda d: np.float32(-np.inf).tobytes() + d[4:]),
+                      "bad_value", "behaviour_log_probs"),
+    "positive log-prob": (_array("behaviour_log_probs",
+                                 data=lambda d: np.float32(0.5).tobytes() + d[4:]),
+                          "bad_value", "behaviour_log_probs"),
+    "inf proprio": (_array("proprio", data=lambda d: np.float32(np.inf).tobytes() + d[4:]),
+                    "bad_value", "proprio"),
+    "nan action": (_array("actions", data=lambda d: d[:-4] + np.float32(np.nan).tobytes()),
+                   "bad_value", "actions"),
+    "33 timings": (_set(["timings"], {f"t{i}": 0.0 for i in range(33)}), "bad_value", "timings"),
+    "long timing key": (_set(["timings"], {"k" * 65: 0.0}), "bad_value", "timings"),
+    "inf timing": (_set(["timings"], {"env_s": math.inf}), "bad_value", "timings"),
 }
 
 
@@ -159,6 +189,19 @@ def test_malformed_message_is_rejected_with_its_reason(case):
     err = reason_of(mutate(small_msg()))
     assert err.reason == reason, err
     assert word in err.detail, err
+
+
+def test_the_largest_values_in_range_are_accepted():
+    """The range checks reject only what is outside: the bounds themselves decode (and the
+    store can key them: tests/learner/test_store.py)."""
+    msg = small_msg()
+    msg.update(policy_version=2 ** 63 - 1, init_state_id=2 ** 63 - 1, created_at=1e12,
+               num_bins=2 ** 15, timings={"k" * 64: -1.0, **{f"t{i}": 0.0 for i in range(31)}})
+    traj = decode(msgpack.packb(msg, use_bin_type=True))
+    assert traj.num_bins == 2 ** 15 and traj.policy_version == 2 ** 63 - 1
+    tokens = np.asarray(traj.action_tokens)
+    msg["num_bins"] = int(tokens.max()) + 1          # the tightest declaration still fits
+    assert decode(msgpack.packb(msg, use_bin_type=True)).num_bins == tokens.max() + 1
 
 
 def test_decisions_differ_case_really_changes_the_decision_count():
