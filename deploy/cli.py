@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demos": ("actors.demos:main", "record scripted expert demonstrations per task"),
     "sft": ("deploy.sft:main", "supervised warm start of a policy on demonstrations"),
     "eval": ("actors.evaluate:main", "held-out success per task and family, videos, JSON"),
+    "evaluator": ("deploy.evaluator:main", "held-out success of a run's snapshots as they appear"),
     "bench": ("deploy.bench:main", "throughput benchmarks: ingest | env | actor | learner | policy | libero"),
     "experiment": ("deploy.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
     "report": ("deploy.report:main", "learning curves (PNG) and tables from run directories"),

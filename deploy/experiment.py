@@ -39,7 +39,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from common.config.schema import PushcutConfig
-from deploy.run_local import Child, _literal, config_overrides
+from deploy.evaluator import eval_dir
+from deploy.roles import RoleCommand, config_overrides, literal as _literal, role_process
 from learner.snapshots import budget_spent, list_snapshots
 
 MODES = ("async", "sync")
@@ -60,10 +61,6 @@ class Stage:
 
 def rl_dir(run_dir: Path, mode: str) -> Path:
     return run_dir / f"rl_{mode}"
-
-
-def eval_dir(rl: Path, snapshot: Path) -> Path:
-    return rl / "evals" / snapshot.name
 
 
 def _eval_done(out: Path) -> Callable[[], bool]:
@@ -156,7 +153,8 @@ def run_stage(stage: Stage, log_dir: Path, stop: threading.Event, progress: Prog
     """Start the stage's command, wait for it (Ctrl-C stops it), check its output."""
     task = progress.add_task(f"{stage.name}: pushcut {stage.role}", total=None)
     stage.before()
-    child = Child(stage.name, stage.role, stage.args, log_dir).start()
+    child = role_process(stage.name, RoleCommand(stage.role, stage.args), log_dir,
+                         max_restarts=0).start()
     record.stage(stage.name, status="running", log=str(child.log_path), argv=child.argv[2:],
                  started_at=time.time())
     t0 = time.monotonic()

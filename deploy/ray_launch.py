@@ -7,9 +7,10 @@ Start Ray on every node first (``ray start --head`` on the learner node, ``ray s
         env=tabletop model.checkpoint=/shared/sft learner.world_size=1
     pushcut deploy scale 32        # from another shell: change the actor count while running
 
-In: the composed config (every role gets the same overrides) and a Ray cluster. Out: the
-roles as OS processes, each inside a Ray actor (:class:`RoleHost`) that supervises it. The
-store and the learner share one RoleHost (the learner reads the store's LMDB files, so they
+In: the composed config (every role gets the same overrides, plus the addresses and actor
+identities of deploy/roles.py) and a Ray cluster. Out: the roles as OS processes, each inside
+a Ray actor (:class:`RoleHost`) that supervises it. The store (unless the learner hosts it)
+and the learner share one RoleHost (the learner reads the store's LMDB files, so they
 must share a node), placed with ``deploy.learner_gpus``/``deploy.head_resource``; each rollout
 actor gets its own with ``deploy.actor_cpus``/``deploy.actor_gpus``. A role process that dies
 is restarted by its RoleHost; a RoleHost whose node or worker dies is restarted by Ray
@@ -28,7 +29,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from common.config import PushcutConfig
-from deploy.supervisor import ProcessSupervisor, role_argv
+from deploy.roles import RoleCommand, cluster_addresses, role_commands, role_process
 
 log = logging.getLogger("pushcut.deploy")
 SCALE_ACTOR = "pushcut-desired-actors"
@@ -38,17 +39,16 @@ SCALE_ACTOR = "pushcut-desired-actors"
 class RoleHost:
     """Supervises one or more pushcut role processes on the node Ray placed it on."""
 
-    def __init__(self, roles: dict[str, list[str]], env: dict[str, str], log_dir: str,
+    def __init__(self, roles: dict[str, RoleCommand], env: dict[str, str], log_dir: str,
                  cwd: Optional[str] = None):
         # Ray restarts this actor in a new worker after a SIGKILL; the children of the dead
         # worker get SIGTERM from the kernel (die_with_parent), and the pid files let this
         # incarnation finish off any that linger before it starts their replacements.
         cwd = cwd if cwd and os.path.isdir(cwd) else None
-        self.sups = {name: ProcessSupervisor(name, role_argv(role_and_args[0], role_and_args[1:]),
-                                             env=env, log_path=f"{log_dir}/{name}.log",
-                                             cwd=cwd, die_with_parent=True,
-                                             pid_file=f"{log_dir}/{name}.pid").start()
-                     for name, role_and_args in roles.items()}
+        self.sups = {name: role_process(name, command, log_dir, env=env, cwd=cwd,
+                                        die_with_parent=True,
+                                        pid_file=f"{log_dir}/{name}.pid").start()
+                     for name, command in roles.items()}
         self._stopping = False
 
     def node(self) -> tuple[str, str]:
@@ -92,29 +92,12 @@ class DesiredActors:
         return self.n
 
 
-def role_overrides(cfg: PushcutConfig, store_host: str, bind_host: str) -> dict[str, list[str]]:
-    """Per-role address overrides: servers bind ``bind_host``, actors dial ``store_host``."""
-    d = cfg.deploy
-    bind = lambda port: f"tcp://{bind_host}:{port}"  # noqa: E731
-    dial = lambda port: f"tcp://{store_host}:{port}"  # noqa: E731
-    return {
-        "store": [f"store.ingest_address={bind(d.store_port)}"],
-        "learner": [f"learner.weights_address={bind(d.weights_port)}",
-                    f"learner.announce_address={bind(d.announce_port)}",
-                    f"learner.heartbeat_address={bind(d.heartbeat_port)}"],
-        "actor": [f"actor.store_address={dial(d.store_port)}",
-                  f"actor.weights_address={dial(d.weights_port)}",
-                  f"actor.announce_address={dial(d.announce_port)}",
-                  f"actor.heartbeat_address={dial(d.heartbeat_port)}"],
-    }
-
-
 class Deployment:
     """The driver side: places RoleHosts, keeps the actor count at the desired number."""
 
     def __init__(self, cfg: PushcutConfig, overrides: list[str]):
         self.cfg, self.overrides = cfg, [o for o in overrides if not o.startswith("deploy.")]
-        self.env = {"PYTHONUNBUFFERED": "1"}
+        self.env: dict[str, str] = {}   # on top of deploy.roles.ROLE_ENV
         # relative paths in the config mean the driver's directory, wherever Ray starts workers
         self.cwd = os.getcwd()
         self.log_dir = os.path.abspath(f"{cfg.run_dir}/logs")
@@ -136,10 +119,10 @@ class Deployment:
         host_ip, node_id = ray.get(probe.node.remote())
         ray.kill(probe)
         head_opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
-        self.addresses = role_overrides(self.cfg, d.advertise_host or host_ip, d.bind_host)
-        roles = {"store": ["store", *self.overrides, *self.addresses["store"]],
-                 "learner": ["learner", *self.overrides, *self.addresses["learner"]]}
-        self.head = RoleHost.options(**head_opts).remote(roles, self.env, self.log_dir, self.cwd)
+        self.addresses = cluster_addresses(self.cfg, d.advertise_host or host_ip, d.bind_host)
+        servers = role_commands(self.cfg, self.overrides, self.addresses, actors=())
+        self.head = RoleHost.options(**head_opts).remote(servers, self.env, self.log_dir,
+                                                         self.cwd)
         self.head_watch = self.head.watch.remote()
         self.desired = DesiredActors.options(name=SCALE_ACTOR, namespace=d.namespace,
                                              get_if_exists=True).remote(self.cfg.num_actors)
@@ -148,12 +131,13 @@ class Deployment:
 
     def _add_actor(self) -> None:
         d = self.cfg.deploy
-        name = f"actor-{self.next_index}"
+        roles = role_commands(self.cfg, self.overrides, self.addresses, [self.next_index],
+                              servers=False)
         self.next_index += 1
-        argv = ["actor", *self.overrides, *self.addresses["actor"], f"actor.actor_id={name}"]
         host = RoleHost.options(num_cpus=d.actor_cpus, num_gpus=d.actor_gpus,
                                 max_restarts=d.max_restarts, max_task_retries=-1
-                                ).remote({name: argv}, self.env, self.log_dir, self.cwd)
+                                ).remote(roles, self.env, self.log_dir, self.cwd)
+        (name,) = roles
         self.actors[name] = (host, host.watch.remote())
 
     def _remove_actor(self) -> None:

@@ -13,142 +13,48 @@ In: the composed config. Out, under ``run_dir``: ``store/`` (LMDB), ``checkpoint
 The starting policy: ``model.checkpoint`` if set, else ``<run_dir>/sft/final`` (made if
 missing). Every child gets the same settings: the fields of this config that differ from the
 defaults are passed on as overrides, plus the run's paths and the actors' addresses (derived
-from ``store.ingest_address`` and the ``learner.*_address`` fields). Children run in their
-own process groups, so Ctrl-C reaches only this process, which then stops them in order:
-actors (SIGTERM: finished groups are flushed), learner (SIGTERM: final checkpoint), store.
-The run ends when the learner stops (``learner.max_versions``) or a child fails.
+from ``store.ingest_address`` and the ``learner.*_address`` fields; see deploy/roles.py).
+The actors send their heartbeats to the learner and to this process, whose status shows
+their versions and env steps/s (deploy/run_status.py). Each child runs under a
+:class:`~deploy.supervisor.ProcessSupervisor` (no restarts) in its own process group, so
+Ctrl-C reaches only this process, which then stops them in order: actors (SIGTERM: finished
+groups are flushed), learner (SIGTERM: final checkpoint), store. The run ends when the
+learner stops (``learner.max_versions``) or a child fails.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from contextlib import nullcontext
-import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
 from common.config.schema import PushcutConfig
-from deploy.run_status import StatusBoard, one_line, render
+from deploy.roles import (
+    RoleCommand, config_overrides, literal as _literal, local_addresses, merge, override,
+    role_commands, role_process, run_paths,
+)
+from deploy.run_status import StatusBoard, one_line, render, status_heartbeats
+from deploy.supervisor import ProcessSupervisor
 
-log = logging.getLogger("pushcut.run")
 STATUS_EVERY_S = 1.0
 PLAIN_STATUS_EVERY_S = 10.0
-
-
-# ---------------------------------------------------------------- config -> child argv
-def _literal(value: Any) -> str:
-    """A Python value as a Hydra override value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot pass {type(value).__name__} {value!r} as an override")
-
-
-def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dataclass -> {dotted field name: value} (dict-valued fields are leaves)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(_leaves(value, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = value
-    return out
-
-
-def config_overrides(cfg: PushcutConfig) -> list[str]:
-    """``++key=value`` for every field of ``cfg`` that differs from the default config."""
-    from common.config import load_config
-    mine, default = _leaves(cfg), _leaves(load_config([]))
-    return [f"++{k}={_literal(v)}" for k, v in mine.items() if default.get(k, object()) != v]
-
-
-def _dial(address: str) -> str:
-    """A bound address (maybe 0.0.0.0 or *) -> one a local process can connect to."""
-    return address.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
-
-
-def role_overrides(cfg: PushcutConfig, run_dir: Path, checkpoint: str) -> dict[str, list[str]]:
-    base = [f"++run_dir={_literal(str(run_dir))}", f"++model.checkpoint={_literal(checkpoint)}",
-            f"++store.path={_literal(str(run_dir / 'store'))}"]
-    lc = cfg.learner
-    learner = [f"++learner.checkpoint_dir={_literal(str(run_dir / 'checkpoints'))}"]
-    actor = [f"++actor.store_address={_literal(_dial(cfg.store.ingest_address))}",
-             f"++actor.weights_address={_literal(_dial(lc.weights_address))}",
-             f"++actor.announce_address={_literal(_dial(lc.announce_address))}",
-             f"++actor.heartbeat_address={_literal(_dial(lc.heartbeat_address))}"]
-    return {"store": base, "learner": base + learner, "actor": base + actor}
-
-
-# ---------------------------------------------------------------- children
-class Child:
-    """One ``python -m deploy.cli <role> ...`` process, its output in ``logs/<name>.log``."""
-
-    def __init__(self, name: str, role: str, overrides: list[str], log_dir: Path):
-        self.name, self.role = name, role
-        self.argv = [sys.executable, "-m", "deploy.cli", role, *overrides]
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Child":
-        # wide rich output: one log line per record, which the status board parses
-        env = {**os.environ, "COLUMNS": "240", "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env)
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout_s: float) -> int | None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. -> exit code."""
-        if self.proc is None:
-            return None
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
-                self.proc.kill()
-        return self.proc.wait()
-
-    def tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() \
-            else ""
-
-
 def run_step(name: str, role: str, overrides: list[str], log_dir: Path, console: Console,
              stop: threading.Event) -> None:
     """Run a preparation command to completion (output in its log); Ctrl-C stops it."""
-    child = Child(name, role, overrides, log_dir).start()
-    console.print(f"[bold]pushcut run[/]: {name} (pid {child.proc.pid}, log {child.log_path})")
+    child = role_process(name, RoleCommand(role, overrides), log_dir, max_restarts=0).start()
+    console.print(f"[bold]pushcut run[/]: {name} (pid {child.pid}, log {child.log_path})")
     while child.alive:
         if stop.wait(0.5):
             child.stop(timeout_s=30)
             raise RuntimeError(f"interrupted during `pushcut {role}`")
-    if child.proc.returncode != 0:
-        raise RuntimeError(f"`pushcut {role}` failed (exit {child.proc.returncode}); "
+    if child.returncode != 0:
+        raise RuntimeError(f"`pushcut {role}` failed (exit {child.returncode}); "
                            f"see {child.log_path}:\n{child.tail()}")
 
 
@@ -168,32 +74,27 @@ def prepare_policy(cfg: PushcutConfig, run_dir: Path, log_dir: Path, console: Co
     demos = run_dir / "demos"
     if not (demos / "index.jsonl").exists():
         # the expert gets the tasks' own step limits: env.max_steps is meant for RL episodes
-        run_step("demos", "demos", [*common, f"++demos.out={_literal(str(demos))}",
-                                    "++env.max_steps=null"], log_dir, console, stop)
-    run_step("sft", "sft", [*common, f"++sft.demos={_literal(str(demos))}",
-                            f"++sft.out={_literal(str(run_dir / 'sft'))}"], log_dir, console,
-             stop)
+        run_step("demos", "demos", [*common, override("demos.out", str(demos)),
+                                    override("env.max_steps", None)], log_dir, console, stop)
+    run_step("sft", "sft", [*common, override("sft.demos", str(demos)),
+                            override("sft.out", str(run_dir / "sft"))], log_dir, console, stop)
     return str(sft_final)
 
 
 # ---------------------------------------------------------------- the run
-def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint: str
-                   ) -> list[Child]:
-    """Store (unless the learner hosts it), then learner, then the actors."""
-    common = config_overrides(cfg)
-    roles = role_overrides(cfg, run_dir, checkpoint)
-    children = []
-    if not cfg.learner.host_store:
-        store = Child("store", "store", [*common, *roles["store"]], log_dir).start()
-        children.append(store)
-        wait_for(lambda: (run_dir / "store" / "data.mdb").exists() or not store.alive, 120,
-                 "the store to create its LMDB")
-    children.append(Child("learner", "learner", [*common, *roles["learner"]], log_dir).start())
-    for i in range(cfg.num_actors):
-        children.append(Child(f"actor-{i}", "actor", [
-            *common, *roles["actor"], f"++actor.actor_id='actor-{i}'",
-            f"++actor.seed={cfg.actor.seed + i}"], log_dir).start())
-    return children
+def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint: str,
+                   status_heartbeats: str, children: dict[str, ProcessSupervisor]) -> None:
+    """Into ``children`` (so that the caller can stop what started if this fails): store
+    (unless the learner hosts it), learner, then the actors, which send their heartbeats to
+    the learner and to ``status_heartbeats``."""
+    per_role = merge(local_addresses(cfg, status_heartbeats), run_paths(run_dir, checkpoint))
+    commands = role_commands(cfg, config_overrides(cfg), per_role, range(cfg.num_actors))
+    for name, command in commands.items():
+        # no restarts: a child that exits ends the run
+        child = children[name] = role_process(name, command, log_dir, max_restarts=0).start()
+        if name == "store":
+            wait_for(lambda: (run_dir / "store" / "data.mdb").exists() or not child.alive,
+                     120, "the store to create its LMDB")
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -204,25 +105,24 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)   # polling interval of the condition above
 
 
-def stop_children(children: list[Child]) -> dict[str, int | None]:
+def stop_children(children: dict[str, ProcessSupervisor]) -> dict[str, int | None]:
     """Actors first (their finished groups still reach the store), then learner, store."""
-    order = ([c for c in children if c.role == "actor"] +
-             [c for c in children if c.role == "learner"] +
-             [c for c in children if c.role == "store"])
-    return {c.name: c.stop(timeout_s=120 if c.role == "learner" else 60) for c in order}
+    servers = [n for n in ("learner", "store") if n in children]
+    order = [n for n in children if n not in servers] + servers
+    return {n: children[n].stop(timeout_s=120 if n == "learner" else 60) for n in order}
 
 
-def supervise(children: list[Child], board: StatusBoard, run_dir: Path, stop: threading.Event,
-              console: Console) -> str:
+def supervise(children: dict[str, ProcessSupervisor], board: StatusBoard, run_dir: Path,
+              stop: threading.Event, console: Console) -> str:
     """Show the status until the learner exits, a child fails or we are told to stop.
     -> why the run ended."""
-    learner = next(c for c in children if c.role == "learner")
+    learner = children["learner"]
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
     next_plain = 0.0
     reason = "interrupted"
     with open(run_dir / "run.jsonl", "a") as status_log, (live or nullcontext()):
         while not stop.wait(STATUS_EVERY_S):
-            figures = board.figures({c.name: c.alive for c in children})
+            figures = board.figures({n: c.alive for n, c in children.items()})
             status_log.write(json.dumps({"time": time.time(), **figures}) + "\n")
             status_log.flush()
             if live is not None:
@@ -231,11 +131,11 @@ def supervise(children: list[Child], board: StatusBoard, run_dir: Path, stop: th
                 next_plain = time.monotonic() + PLAIN_STATUS_EVERY_S
                 console.print(one_line(figures), soft_wrap=True)
             if not learner.alive:
-                reason = "learner finished" if learner.proc.returncode == 0 else "learner failed"
+                reason = "learner finished" if learner.returncode == 0 else "learner failed"
                 break
-            dead = [c for c in children if not c.alive]
+            dead = [n for n, c in children.items() if not c.alive]
             if dead:
-                reason = f"{dead[0].name} exited with {dead[0].proc.returncode}"
+                reason = f"{dead[0]} exited with {children[dead[0]].returncode}"
                 break
     return reason
 
@@ -263,20 +163,19 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         return 1
     console.print(f"[bold]pushcut run[/]: {cfg.mode} mode, {cfg.num_actors} actor(s), policy "
                   f"{checkpoint}, logs in {log_dir}")
-    board = StatusBoard(run_dir, run_dir / "store", cfg.mode,
-                        [log_dir / f"actor-{i}.log" for i in range(cfg.num_actors)])
-    children: list[Child] = []
+    board = StatusBoard(run_dir, run_dir / "store", cfg.mode, status_heartbeats(cfg))
+    children: dict[str, ProcessSupervisor] = {}
     try:
-        children = start_children(cfg, run_dir, log_dir, checkpoint)
+        start_children(cfg, run_dir, log_dir, checkpoint, board.heartbeats.address, children)
         reason = supervise(children, board, run_dir, stop, console)
     finally:
         exits = stop_children(children)
-        figures = board.figures({c.name: False for c in children})
+        figures = board.figures({n: False for n in children})
         board.close()
     console.print(one_line(figures), soft_wrap=True)
     learner_ok = exits.get("learner") == 0
     if not learner_ok:
-        learner = next((c for c in children if c.role == "learner"), None)
+        learner = children.get("learner")
         if learner is not None:
             console.print(f"[red]learner exited with {exits.get('learner')}[/]; last output:\n"
                           f"{learner.tail()}")

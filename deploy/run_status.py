@@ -1,22 +1,26 @@
 """The live status of ``pushcut run`` (deploy/run_local.py): what the run is doing, from
-the files and processes it already has.
+the files, processes and messages it already has.
 
 In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
-read-only in this process once it exists), the children's liveness, and the actors' log
-lines for env steps/s when no actor heartbeats reach the learner. Out: a rich table
-(version, env steps/s, learner steps/s, success rate, staleness, queue depth, filter drops,
-actors) for ``rich.live.Live``, a one-line form for logs that are not a terminal, and the
-same figures as a dict for ``<run_dir>/run.jsonl``.
+read-only in this process once it exists), the children's liveness, and the actors'
+heartbeats (each actor sends them to the learner and to this process's
+:class:`~common.transport.heartbeats.HealthMonitor`: its version, env steps/s). Out: a rich
+table (version, env steps/s, actor versions, learner steps/s, success rate, staleness, queue
+depth, filter drops, processes) for ``rich.live.Live``, a one-line form for logs that are not
+a terminal, and the same figures as a dict for ``<run_dir>/run.jsonl``.
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from rich.table import Table
+
+from common.config.schema import PushcutConfig
+from common.transport.curve import CurveServerKeys
+from common.transport.heartbeats import HealthMonitor
 
 
 class LearnerLog:
@@ -54,33 +58,35 @@ class LearnerLog:
                 self.last_wait = record
 
 
-# an actor's progress line (actors/actor_process.py): "<actor_id> v<version> | <n> env steps/s"
-ACTOR_LINE = re.compile(rb"(\S+) v(\d+) \| (\d+) env steps/s")
+def status_heartbeats(cfg: PushcutConfig, address: str = "tcp://127.0.0.1:*") -> HealthMonitor:
+    """The status's own heartbeat socket (a free local port: see ``.address``), with the
+    learner's health thresholds and CURVE keys, since the actors dial it like the learner's."""
+    lc = cfg.learner
+    curve = CurveServerKeys(lc.curve_secret_key, lc.curve_authorized_dir) \
+        if lc.curve_secret_key else None
+    return HealthMonitor(address, lc.heartbeat_timeout_s, lc.stall_s, curve=curve)
 
 
-def actor_rates(log_paths: list[Path], tail_bytes: int = 8192) -> tuple[float, list[int]] | None:
-    """Sum of the newest env steps/s each actor logged, and their versions; None if no actor
-    has logged one yet. Used when actors send no heartbeats to the learner."""
-    total, versions = 0.0, []
-    for path in log_paths:
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, f.seek(0, 2) - tail_bytes))
-                found = ACTOR_LINE.findall(f.read())
-        except OSError:
-            continue
-        if found:
-            total += float(found[-1][2])
-            versions.append(int(found[-1][1]))
-    return (total, versions) if versions else None
+def actor_progress(heartbeats: HealthMonitor
+                   ) -> Optional[tuple[Optional[float], list[int], int]]:
+    """From the newest heartbeats of the actors that are not dead: (their env steps/s summed,
+    None until one has a rate; their versions; how many are live). None before any actor
+    was heard from."""
+    heartbeats.poll(0)
+    actors = [h for h in heartbeats.report() if h.state != "dead"]
+    if not actors:
+        return None
+    rates = [h.env_steps_per_s for h in actors if h.env_steps_per_s is not None]
+    return (sum(rates) if rates else None, [h.policy_version for h in actors],
+            sum(h.state == "live" for h in actors))
 
 
 class StatusBoard:
     """Collects the figures of one status refresh."""
 
     def __init__(self, run_dir: Path, store_path: Path, mode: str,
-                 actor_logs: list[Path] | None = None):
-        self.actor_logs = actor_logs or []
+                 heartbeats: HealthMonitor | None = None):
+        self.heartbeats = heartbeats        # owned: closed by close()
         self.learner_log = LearnerLog(run_dir / "learner.jsonl")
         self.store_path = store_path
         self.mode = mode
@@ -107,11 +113,12 @@ class StatusBoard:
         wait = self.learner_log.last_wait or {}
         counts = wait if wait.get("time", 0) > u.get("time", 0) else u
         drops = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_")}
-        env_rate, actor_versions = u.get("env_steps_per_s"), None
-        if not u.get("actors_live"):          # no heartbeats: the actors' own log lines
-            logged = actor_rates(self.actor_logs)
-            if logged is not None:
-                env_rate, actor_versions = logged
+        # the actors' heartbeats are current; the learner's figures only as of its last update
+        env_rate, actor_versions, live = u.get("env_steps_per_s"), None, u.get("actors_live")
+        heard = actor_progress(self.heartbeats) if self.heartbeats is not None else None
+        if heard is not None:
+            rate, actor_versions, live = heard
+            env_rate = env_rate if rate is None else rate
         return {
             "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
             "policy_version": u.get("policy_version", start.get("policy_version")),
@@ -121,7 +128,7 @@ class StatusBoard:
             "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
             "queue_groups": store.get("complete_groups"),
             "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
-            "dropped": drops, "actors_live": u.get("actors_live"),
+            "dropped": drops, "actors_live": live,
             "children": {name: ("running" if alive else "exited")
                          for name, alive in children.items()},
         }
@@ -130,6 +137,9 @@ class StatusBoard:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self.heartbeats is not None:
+            self.heartbeats.close()
+            self.heartbeats = None
 
 
 def _fmt(value: Any, spec: str = "") -> str:

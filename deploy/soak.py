@@ -8,8 +8,9 @@ policy_version, sampled every 10 s (or duration/20 if shorter), written to
 ``<run_dir>/soak.jsonl`` and summarised at the end (first, peak and last RSS per process,
 growth per hour: the least-squares slope after start-up). Unless overridden, the store and
 checkpoints live under ``run_dir``, so a soak never touches another run's files. The roles
-run as separate OS processes under :class:`~deploy.supervisor.ProcessSupervisor`, exactly as
-``pushcut run`` would start them; a role that dies is restarted and the restart is reported.
+run as separate OS processes under :class:`~deploy.supervisor.ProcessSupervisor`, with the
+command lines ``pushcut run`` gives them (deploy/roles.py); a role that dies is restarted
+and the restart is reported.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from deploy.supervisor import ProcessSupervisor, role_argv
+from deploy.roles import local_addresses, role_commands, role_process, run_local_paths
+from deploy.supervisor import ProcessSupervisor
 
 SAMPLE_EVERY_S = 10.0
 
@@ -51,17 +53,6 @@ def dir_size_mb(path: str) -> float:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
 
 
-def run_local_paths(cfg, overrides: list[str]) -> tuple[list[str], str]:
-    """-> (``overrides`` plus store.path/learner.checkpoint_dir under ``run_dir`` unless
-    given, the store path in effect)."""
-    given = lambda key: any(o.lstrip("+").startswith(key + "=") for o in overrides)  # noqa: E731
-    extra = [f"{key}={cfg.run_dir}/{leaf}" for key, leaf in
-             (("store.path", "store"), ("learner.checkpoint_dir", "checkpoints"))
-             if not given(key)]
-    store_path = cfg.store.path if given("store.path") else f"{cfg.run_dir}/store"
-    return [*overrides, *extra], store_path
-
-
 class VersionTail:
     """The newest policy_version in ``learner.jsonl``, reading only what was appended."""
 
@@ -87,19 +78,12 @@ class VersionTail:
 
 
 def start_roles(cfg, overrides: list[str]) -> dict[str, ProcessSupervisor]:
+    """The roles as ``pushcut run`` starts them (deploy/roles.py), each under a supervisor that
+    restarts it."""
+    commands = role_commands(cfg, overrides, local_addresses(cfg), range(cfg.num_actors))
     logs = Path(cfg.run_dir) / "logs"
-    sups = {"store": ProcessSupervisor("store", role_argv("store", overrides),
-                                       log_path=str(logs / "store.log")),
-            "learner": ProcessSupervisor("learner", role_argv("learner", overrides),
-                                         log_path=str(logs / "learner.log"))}
-    for i in range(cfg.num_actors):
-        name = f"actor-{i}"
-        sups[name] = ProcessSupervisor(name, role_argv("actor", [*overrides,
-                                                                 f"actor.actor_id={name}"]),
-                                       log_path=str(logs / f"{name}.log"))
-    for s in sups.values():
-        s.start()
-    return sups
+    return {name: role_process(name, command, logs).start()
+            for name, command in commands.items()}
 
 
 def sample(sups: dict[str, ProcessSupervisor], store_path: str, t0: float,
@@ -108,7 +92,7 @@ def sample(sups: dict[str, ProcessSupervisor], store_path: str, t0: float,
            "policy_version": versions.read()}
     for name, s in sups.items():
         s.poll()
-        row[name] = round(tree_rss_mb(s.pid), 1) if s.alive() else 0.0
+        row[name] = round(tree_rss_mb(s.pid), 1) if s.alive else 0.0
         row[f"{name}.restarts"] = s.restarts
     return row
 

@@ -1,22 +1,29 @@
-"""Keeps one pushcut role (``pushcut store|learner|actor``) alive as an OS process.
+"""Keeps one pushcut role (``pushcut store|learner|actor|demos|sft``) running as an OS process.
 
-In: the role's command line (``python -m deploy.cli <role> key=value ...``) and environment.
-Out: a running child process, restarted with a backoff when it dies unexpectedly, and a
-status dict (pid, restarts, last exit code). A restarted actor resyncs by itself: on start
-it fetches the learner's current policy_version before generating.
+In: the role's command line (``python -m deploy.cli <role> key=value ...``, built by
+:mod:`deploy.roles`), its environment and log file. Out: a running child process with its
+output appended to the log, restarted with a backoff when it dies unexpectedly (unless
+``max_restarts=0``), and a status dict (pid, restarts, last exit code). A restarted actor
+resyncs by itself: on start it fetches the learner's current policy_version before generating.
 
-Used by the Ray launcher (:mod:`deploy.ray_launch`, one supervisor inside each Ray actor) and
-by the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
+The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run_local`, no restarts),
+``pushcut soak``, the Ray launcher (:mod:`deploy.ray_launch`, one supervisor per role inside
+a Ray actor) and the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
 
-A child leads a process group of its own (setsid, so :meth:`ProcessSupervisor.stop` reaches its grandchildren)
-and therefore outlives a supervisor that is SIGKILLed. Two options close that gap when the
-supervisor itself can die (a Ray worker): ``die_with_parent`` (Linux: the kernel sends the
-child SIGTERM when the supervising thread dies) and ``pid_file`` (the next supervisor of the
-same name on that node kills a child left over from its predecessor before it starts one).
+:meth:`ProcessSupervisor.stop` sends SIGTERM to the child alone (each role shuts its own
+workers down: an actor flushes its finished groups, the learner saves a final checkpoint),
+then SIGKILLs its whole process group: after the timeout, or at once for whatever of the group
+outlives a child that exited. A child leads a process group of its own (setsid, so a signal
+reaches its grandchildren) and therefore outlives a supervisor that is SIGKILLed. Two options
+close that gap when the supervisor itself can die (a Ray worker): ``die_with_parent``
+(Linux: the kernel sends the child SIGTERM when the supervising thread dies) and
+``pid_file`` (the next supervisor of the same name on that node kills a child left over
+from its predecessor before it starts one).
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -28,6 +35,7 @@ from typing import Callable, Optional
 
 import psutil
 
+log = logging.getLogger("pushcut.supervisor")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -61,11 +69,6 @@ def reap_stale(pid_file: str, timeout_s: float = 30.0) -> Optional[int]:
         except psutil.TimeoutExpired:
             continue
     return proc.pid
-
-
-def role_argv(role: str, overrides: list[str]) -> list[str]:
-    """The command line of one pushcut role run by the current interpreter."""
-    return [sys.executable, "-m", "deploy.cli", role, *overrides]
 
 
 @dataclass
@@ -129,13 +132,27 @@ class ProcessSupervisor:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc else None
 
+    @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit code of the current child (None while it runs or before it started)."""
+        return self.proc.poll() if self.proc else None
+
+    def tail(self, chars: int = 2000) -> str:
+        """The last ``chars`` characters of the log ("" without one)."""
+        if not self.log_path or not Path(self.log_path).exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4 * chars))
+            return f.read().decode(errors="replace")[-chars:]
+
     def poll(self) -> bool:
         """Restart the child if it died unexpectedly (after the backoff). -> alive now."""
-        if self.proc is None or self._stopping or self.alive():
-            return self.alive()
+        if self.proc is None or self._stopping or self.alive:
+            return self.alive
         code = self.proc.returncode
         if code == 0:
             return False
@@ -153,22 +170,32 @@ class ProcessSupervisor:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the child only (chaos tests); the supervisor will restart it."""
-        if self.alive():
+        if self.alive:
             os.kill(self.proc.pid, sig)
 
     def stop(self, timeout_s: float = 30.0) -> Optional[int]:
-        """SIGTERM the child's process group, SIGKILL it after ``timeout_s``. -> exit code."""
+        """SIGTERM the child, SIGKILL its process group after ``timeout_s`` (and whatever of
+        the group is left once the child exited). -> exit code."""
         self._stopping = True
-        if not self.alive():
+        if not self.alive:
             return self.proc.returncode if self.proc else None
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
+        self._kill_group()
+        return self.proc.wait(10)
+
+    def _kill_group(self) -> None:
+        """Right after the child exited (or while it still runs): its pid, the group's id, is
+        not yet anyone else's."""
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(10)
+        except (ProcessLookupError, PermissionError):
+            pass   # nothing of the group is left
 
     def status(self) -> SupervisorStatus:
-        return SupervisorStatus(self.name, self.pid, self.alive(), self.restarts,
+        return SupervisorStatus(self.name, self.pid, self.alive, self.restarts,
                                 self.proc.returncode if self.proc else None,
                                 self.started_at, list(self.exits))

@@ -1,81 +1,75 @@
-"""Actor heartbeats and the learner's view of actor health.
+"""Actor heartbeats on the wire, and the receivers' view of actor health.
 
-Actors PUSH a small msgpack heartbeat every ``actor.heartbeat_s`` to the learner's PULL
-socket at ``learner.heartbeat_address``; the learner classifies each actor it has heard from:
+Actors PUSH a heartbeat (:mod:`common.wire.heartbeat`) every ``actor.heartbeat_s`` to each
+address in ``actor.heartbeat_address`` (one address, or several separated by commas: the
+learner's PULL socket at ``learner.heartbeat_address`` and, under ``pushcut run``, the
+launcher's status). A :class:`HealthMonitor` classifies each actor it has heard from:
 
 - ``live``: a heartbeat within ``heartbeat_timeout_s`` and env steps progressing;
 - ``stalled``: heartbeats arrive but its env step count has not moved for ``stall_s``
   (blocked on a slow store, a hung simulator);
-- ``dead``: no heartbeat for ``heartbeat_timeout_s``.
+- ``dead``: no heartbeat for ``heartbeat_timeout_s``;
 
-A heartbeat is validated like every other message: a fixed set of typed fields, a size
-limit; a bad one is counted and dropped. With CurveZMQ keys the PULL side accepts only the
-listed client keys (see :mod:`common.transport.curve`).
+and its env steps/s over the last ``rate_window_s`` of its heartbeats (by their ``sent_at``).
+A heartbeat is validated like every other message (fixed typed fields, a size limit); a bad
+one is counted and dropped. With CurveZMQ keys the PULL side accepts only the listed client
+keys (see :mod:`common.transport.curve`).
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-import msgpack
 import zmq
 
-from common.transport.curve import CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys
-
-HEARTBEAT_VERSION = 1
-MAX_HEARTBEAT_BYTES = 4096
-_FIELDS = {"v": int, "actor_id": str, "policy_version": int, "env_steps": int,
-           "episodes": int, "sent_at": float}
+from common.transport.curve import (
+    CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys,
+)
+from common.wire.heartbeat import MAX_HEARTBEAT_BYTES, decode_heartbeat, encode_heartbeat
 
 
-def encode_heartbeat(actor_id: str, policy_version: int, env_steps: int, episodes: int) -> bytes:
-    return msgpack.packb({"v": HEARTBEAT_VERSION, "actor_id": actor_id,
-                          "policy_version": int(policy_version), "env_steps": int(env_steps),
-                          "episodes": int(episodes), "sent_at": time.time()})
-
-
-def decode_heartbeat(raw: bytes) -> dict:
-    """-> the heartbeat map; ValueError naming what is wrong."""
-    if len(raw) > MAX_HEARTBEAT_BYTES:
-        raise ValueError(f"heartbeat of {len(raw)} bytes > {MAX_HEARTBEAT_BYTES}")
-    try:
-        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:
-        raise ValueError(f"heartbeat is not msgpack: {type(exc).__name__}") from None
-    if not isinstance(msg, dict) or set(msg) != set(_FIELDS):
-        raise ValueError(f"heartbeat fields {sorted(map(str, msg)) if isinstance(msg, dict) else msg!r}")
-    for name, typ in _FIELDS.items():
-        if not isinstance(msg[name], typ) or isinstance(msg[name], bool):
-            raise ValueError(f"heartbeat field {name}: {type(msg[name]).__name__}")
-    if msg["v"] != HEARTBEAT_VERSION or not 0 < len(msg["actor_id"]) <= 128:
-        raise ValueError("heartbeat version or actor_id")
-    return msg
+def heartbeat_addresses(address: str) -> list[str]:
+    """``"tcp://a:1,tcp://b:2"`` -> the addresses a sender pushes every heartbeat to."""
+    found = [a.strip() for a in address.split(",") if a.strip()]
+    if not found:
+        raise ValueError(f"no heartbeat address in {address!r}")
+    return found
 
 
 class HeartbeatSender:
-    """Actor side. ``beat()`` never blocks: heartbeats are dropped when the learner is away."""
+    """Actor side: every heartbeat to every address (one PUSH socket each). ``beat()`` never
+    blocks: a heartbeat is dropped for a receiver that is away."""
 
     def __init__(self, address: str, curve: Optional[CurveClientKeys] = None,
                  context: Optional[zmq.Context] = None):
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUSH)
-        self._sock.setsockopt(zmq.SNDHWM, 4)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            apply_client_keys(self._sock, curve)
-        self._sock.connect(address)
+        self._socks = []
+        for addr in heartbeat_addresses(address):
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 4)
+            sock.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                apply_client_keys(sock, curve)
+            sock.connect(addr)
+            self._socks.append(sock)
 
     def beat(self, actor_id: str, policy_version: int, env_steps: int, episodes: int) -> bool:
-        try:
-            self._sock.send(encode_heartbeat(actor_id, policy_version, env_steps, episodes),
-                            zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
+        """-> whether every receiver's queue took it."""
+        raw = encode_heartbeat(actor_id, policy_version, env_steps, episodes)
+        sent = 0
+        for sock in self._socks:
+            try:
+                sock.send(raw, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                pass
+        return sent == len(self._socks)
 
     def close(self) -> None:
-        self._sock.close(0)
+        for sock in self._socks:
+            sock.close(0)
 
 
 @dataclass
@@ -86,14 +80,16 @@ class ActorHealth:
     env_steps: int
     episodes: int
     seen_ago_s: float
+    env_steps_per_s: Optional[float] = None   # None until two heartbeats were heard
 
 
 class HealthMonitor:
-    """Learner side: drains heartbeats with :meth:`poll`, classifies with :meth:`report`."""
+    """Drains heartbeats with :meth:`poll`, classifies with :meth:`report`."""
 
     def __init__(self, address: str, timeout_s: float = 10.0, stall_s: float = 30.0,
-                 curve: Optional[CurveServerKeys] = None, context: Optional[zmq.Context] = None):
-        self.timeout_s, self.stall_s = timeout_s, stall_s
+                 curve: Optional[CurveServerKeys] = None, context: Optional[zmq.Context] = None,
+                 rate_window_s: float = 10.0):
+        self.timeout_s, self.stall_s, self.rate_window_s = timeout_s, stall_s, rate_window_s
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -104,6 +100,8 @@ class HealthMonitor:
         self.rejected = 0
         # actor_id -> (last heartbeat, monotonic time seen, monotonic time env_steps last moved)
         self._last: dict[str, tuple[dict, float, float]] = {}
+        # actor_id -> (sent_at, env_steps) of its heartbeats over the rate window
+        self._history: dict[str, deque[tuple[float, int]]] = {}
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Drain pending heartbeats (waiting up to ``timeout_s`` for the first). -> count."""
@@ -120,11 +118,28 @@ class HealthMonitor:
             except ValueError:
                 self.rejected += 1
                 continue
-            now = time.monotonic()
-            prev = self._last.get(hb["actor_id"])
-            moved = now if prev is None or hb["env_steps"] != prev[0]["env_steps"] else prev[2]
-            self._last[hb["actor_id"]] = (hb, now, moved)
+            self._record(hb)
             n += 1
+
+    def _record(self, hb: dict) -> None:
+        now = time.monotonic()
+        prev = self._last.get(hb["actor_id"])
+        moved = now if prev is None or hb["env_steps"] != prev[0]["env_steps"] else prev[2]
+        self._last[hb["actor_id"]] = (hb, now, moved)
+        history = self._history.setdefault(hb["actor_id"], deque())
+        if history and (hb["env_steps"] < history[-1][1] or hb["sent_at"] <= history[-1][0]):
+            history.clear()   # a restarted actor of the same id counts from 0 again
+        history.append((hb["sent_at"], hb["env_steps"]))
+        # keep the newest heartbeat at least rate_window_s older than this one, none before
+        while len(history) > 2 and history[1][0] <= hb["sent_at"] - self.rate_window_s:
+            history.popleft()
+
+    def _rate(self, actor_id: str) -> Optional[float]:
+        history = self._history.get(actor_id)
+        if not history or len(history) < 2:
+            return None
+        (t0, steps0), (t1, steps1) = history[0], history[-1]
+        return (steps1 - steps0) / (t1 - t0)
 
     def report(self) -> list[ActorHealth]:
         now = time.monotonic()
@@ -133,7 +148,7 @@ class HealthMonitor:
             state = ("dead" if now - seen > self.timeout_s
                      else "stalled" if now - moved > self.stall_s else "live")
             out.append(ActorHealth(actor_id, state, hb["policy_version"], hb["env_steps"],
-                                   hb["episodes"], now - seen))
+                                   hb["episodes"], now - seen, self._rate(actor_id)))
         return out
 
     def counts(self) -> dict[str, int]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from common.metrics import read_jsonl
-from deploy.supervisor import ProcessSupervisor, role_argv
+from deploy.roles import role_argv
+from deploy.supervisor import ProcessSupervisor
 from learner.store import TrajectoryStore
 from tests.ingest_helpers import free_tcp_address, wait_until
 
@@ -79,7 +80,7 @@ def test_actors_killed_at_random_lose_nothing_acknowledged(tmp_path):
             if time.monotonic() >= next_kill:
                 actors[rng.choice(sorted(actors))].kill()
                 kills, next_kill = kills + 1, time.monotonic() + rng.uniform(2, 4)
-            assert store.alive() and learner.alive(), "store or learner died"
+            assert store.alive and learner.alive, "store or learner died"
             versions = learner_versions(tmp_path)
             return kills >= 5 and len(restarts) >= 4 and versions[-1][1] >= 4
         wait_until(chaos_tick, 300, "5 kills, 4 restarts and learner version 4")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from common.metrics import read_jsonl
-from deploy.supervisor import ProcessSupervisor, role_argv
+from deploy.roles import role_argv
+from deploy.supervisor import ProcessSupervisor
 from tests.deploy.test_chaos import _all, learner_versions, system_overrides
 from tests.ingest_helpers import REPO, wait_until
 
@@ -70,7 +71,7 @@ def test_curve_admits_the_listed_actor_only_and_keeps_serving_it(tmp_path):
                    "a trajectory from actor-good generated with learned weights")
         bad_start = time.time()
         bad.start()
-        wait_until(lambda: _servers_alive(store, learner) and not bad.alive(), 240,
+        wait_until(lambda: _servers_alive(store, learner) and not bad.alive, 240,
                    "actor-bad to finish its groups and give up on the store")
         bad_end = time.time()
     finally:
@@ -105,5 +106,5 @@ def _stored(tmp: Path) -> list:
 
 
 def _servers_alive(store: ProcessSupervisor, learner: ProcessSupervisor) -> bool:
-    assert store.alive() and learner.alive(), "store or learner died"
+    assert store.alive and learner.alive, "store or learner died"
     return True

@@ -104,7 +104,9 @@ def role_processes(run_dir: Path, role: str) -> dict[str, psutil.Process]:
         if argv[2:4] != ["deploy.cli", role] or f"run_dir={run_dir}" not in argv \
                 or not _running(proc):
             continue
-        ids = [a.split("=", 1)[1] for a in argv if a.startswith("actor.actor_id=")]
+        # deploy/roles.py passes ``++actor.actor_id='actor-<i>'``
+        ids = [a.split("=", 1)[1].strip("'") for a in argv
+               if a.lstrip("+").startswith("actor.actor_id=")]
         out[ids[-1] if ids else role] = proc
     return out
 

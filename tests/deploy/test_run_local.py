@@ -11,14 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 from rich.console import Console
 
 from common.config import load_config
 from common.metrics import read_jsonl
-from deploy.run_local import config_overrides
+from common.transport.heartbeats import HealthMonitor
+from common.wire.heartbeat import encode_heartbeat
+from deploy.roles import config_overrides
 from deploy.run_status import LearnerLog, StatusBoard, one_line, render
 from learner.store import TrajectoryStore
 from learner.trainer import free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +52,16 @@ def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
         f.write(json.dumps({"event": "update", "policy_version": 5, "success_rate": 0.5,
                             "dropped_stale": 2, "staleness_mean": 1.0, "staleness_max": 2,
                             "kept": 7, "learner_steps_per_s": 0.5})[40:] + "\n")
-    (tmp_path / "actor-0.log").write_text("a-0 v4 | 120 env steps/s | episodes 8\n"
-                                          "a-0 v5 | 130 env steps/s | episodes 9\n")
-    board = StatusBoard(tmp_path, tmp_path / "store", "async", [tmp_path / "actor-0.log"])
+    # an actor's heartbeats: version 5 now, 130 env steps in the second between the two
+    heartbeats = HealthMonitor("tcp://127.0.0.1:*")
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(heartbeats.address)
+    push.send(encode_heartbeat("a-0", 4, 1000, 8, sent_at=1000.0))
+    push.send(encode_heartbeat("a-0", 5, 1130, 9, sent_at=1001.0))
+    wait_until(lambda: (heartbeats.poll(0.05),
+                        [h.env_steps for h in heartbeats.report()])[1] == [1130])
+    push.close(0)
+    board = StatusBoard(tmp_path, tmp_path / "store", "async", heartbeats)
     board.learner_log = log
     figures = board.figures({"learner": True, "actor-0": True})
     assert figures["policy_version"] == 5 and figures["dropped"] == {"stale": 2}
@@ -76,6 +87,7 @@ def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
     assert "too weak for GRPO" in one_line(figures)
     console.print(render(figures))
     assert "sft.steps" in console.export_text()
+    board.close()
 
 
 def tiny_run_args(run_dir: Path, **extra) -> list[str]:
@@ -142,7 +154,6 @@ def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path
 @pytest.mark.slow
 def test_sync_mode_in_lock_step_and_sigint_stops_everything_cleanly(tmp_path):
     from tests.learner.helpers import micro_policy
-    from tests.waiting import wait_until
     policy_dir = tmp_path / "policy"
     micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"

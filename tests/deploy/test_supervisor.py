@@ -43,7 +43,7 @@ def test_a_new_supervisor_reaps_the_child_its_predecessor_left(tmp_path):
     try:
         successor.start()   # as after a Ray restart: the old child must go first
         wait_until(lambda: gone(orphan.pid), 30, "the orphaned child to be killed")
-        assert successor.alive() and successor.pid != orphan.pid
+        assert successor.alive and successor.pid != orphan.pid
         assert reap_stale(str(tmp_path / "missing.pid")) is None
     finally:
         successor.stop(10)
@@ -80,3 +80,27 @@ def test_children_die_with_a_sigkilled_supervisor(tmp_path):
     finally:
         if not gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+# a child that starts a grandchild, says so, and on SIGTERM exits 0 without stopping it
+GRACEFUL = [sys.executable, "-c", textwrap.dedent("""
+    import signal, subprocess, sys
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    grandchild = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    print("grandchild", grandchild.pid, flush=True)
+    signal.pause()
+""")]
+
+
+def test_stop_lets_the_child_exit_cleanly_then_clears_its_group(tmp_path):
+    sup = ProcessSupervisor("graceful", GRACEFUL, log_path=str(tmp_path / "logs" / "g.log"),
+                            max_restarts=0).start()
+    try:
+        line = wait_until(lambda: sup.tail().strip(), 30, "the child's first line")
+        grandchild = int(line.split()[1])
+        assert sup.alive and sup.returncode is None
+        assert sup.stop(30) == 0 and sup.returncode == 0     # its SIGTERM handler ran
+        wait_until(lambda: gone(grandchild), 30, "the grandchild to be killed with the group")
+        assert sup.tail(5) == (line + "\n")[-5:]
+    finally:
+        sup.stop(10)
