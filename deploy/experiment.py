@@ -99,9 +99,12 @@ def stages(cfg: PushcutConfig, run_dir: Path) -> Iterator[Stage]:
                 done=_eval_done(out), output=out)
     for mode in MODES:
         rl = rl_dir(run_dir, mode)
+        # the experiment evaluates the SFT policy and the snapshots itself, after RL, so
+        # that evaluation takes none of RL's wall time: `pushcut run` measures nothing
         yield Stage(f"rl_{mode}", "run", [*common, f"++mode={mode}",
                                           f"++run_dir={_literal(str(rl))}",
-                                          f"++model.checkpoint={_literal(str(policy))}"],
+                                          f"++model.checkpoint={_literal(str(policy))}",
+                                          "++run.eval_episodes=0"],
                     done=lambda rl=rl: budget_spent(rl / "snapshots"), output=rl / "snapshots")
         snaps = list_snapshots(rl / "snapshots")
         for snap in snaps:

@@ -3,7 +3,10 @@ actors as separate OS processes — with a live status.
 
 In: the composed config. Out, under ``run_dir``: ``store/`` (LMDB), ``checkpoints/``,
 ``learner.jsonl`` + ``wandb/`` (the learner's metrics), ``run.jsonl`` (status snapshots),
-``logs/<process>.log`` (each child's output), and, when there is no policy to start from,
+``logs/<process>.log`` (each child's output), ``eval_start/`` (the start policy's held-out
+success, greedy and sampled: deploy/start_policy.py, which may lower ``algo.temperature`` so
+that sampled groups succeed at all), ``snapshots/`` and ``evals/`` (each snapshot's held-out
+success, from a ``pushcut evaluator`` child), and, when there is no policy to start from,
 ``demos/`` and ``sft/`` made first with ``pushcut demos`` and ``pushcut sft``.
 
     pushcut run                                    # built-in suite, tiny VLA, CPU
@@ -23,6 +26,7 @@ learner stops (``learner.max_versions``) or a child fails.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -39,6 +43,7 @@ from deploy.roles import (
     RoleCommand, config_overrides, literal as _literal, local_addresses, merge, override,
     role_commands, role_process, run_paths,
 )
+from deploy.start_policy import measure
 from deploy.run_status import StatusBoard, one_line, render, status_heartbeats
 from deploy.supervisor import ProcessSupervisor
 
@@ -81,6 +86,24 @@ def prepare_policy(cfg: PushcutConfig, run_dir: Path, log_dir: Path, console: Co
     return str(sft_final)
 
 
+def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_dir: Path,
+                      console: Console, stop: threading.Event) -> PushcutConfig:
+    """The start policy's held-out success, greedy and sampled (deploy/start_policy.py);
+    -> the config with the temperature RL samples at. Raises StartPolicyTooWeak."""
+    if cfg.run.eval_episodes < 1:
+        return cfg
+
+    def evaluate(temperatures: list[float], out: Path) -> None:
+        run_step("eval_start", "eval", [
+            checkpoint, *config_overrides(cfg), override("eval.out", str(out)),
+            override("eval.temperatures", temperatures), override("eval.videos_per_task", 0),
+            override("eval.episodes_per_task", cfg.run.eval_episodes)], log_dir, console, stop)
+
+    temperature, line = measure(cfg, run_dir / "eval_start", evaluate)
+    console.print(f"[bold]pushcut run[/]: {line}")
+    return dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, temperature=temperature))
+
+
 # ---------------------------------------------------------------- the run
 def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint: str,
                    status_heartbeats: str, children: dict[str, ProcessSupervisor]) -> None:
@@ -89,6 +112,11 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
     the learner and to ``status_heartbeats``."""
     per_role = merge(local_addresses(cfg, status_heartbeats), run_paths(run_dir, checkpoint))
     commands = role_commands(cfg, config_overrides(cfg), per_role, range(cfg.num_actors))
+    if cfg.run.eval_episodes > 0 and cfg.learner.snapshot_every > 0:
+        commands["evaluator"] = RoleCommand("evaluator", [
+            *config_overrides(cfg), override("run_dir", str(run_dir)),
+            override("eval.episodes_per_task", cfg.run.eval_episodes),
+            override("eval.videos_per_task", 0)])
     for name, command in commands.items():
         # no restarts: a child that exits ends the run
         child = children[name] = role_process(name, command, log_dir, max_restarts=0).start()
@@ -158,6 +186,7 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         signal.signal(sig, lambda signum, frame: stop.set())
     try:
         checkpoint = prepare_policy(cfg, run_dir, log_dir, console, stop)
+        cfg = start_temperature(cfg, checkpoint, run_dir, log_dir, console, stop)
     except (RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]pushcut run: {exc}")
         return 1

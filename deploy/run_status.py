@@ -81,6 +81,44 @@ def actor_progress(heartbeats: HealthMonitor
             sum(h.state == "live" for h in actors))
 
 
+def held_out(run_dir: Path) -> dict[str, Any]:
+    """The held-out figures on disk: the start policy's (``eval_start/``: greedy and
+    sampled) and the newest evaluated snapshot's (``evals/v<N>/``), each with its Wilson
+    95 % interval."""
+    found: dict[str, Any] = {}
+    start = run_dir / "eval_start" / "eval.json"
+    if start.exists():
+        temps = json.loads(start.read_text())["temperatures"]
+        found["start"] = {k: (v["average"], v.get("ci95")) for k, v in temps.items()}
+    evals = sorted((run_dir / "evals").glob("v*/eval.json"))
+    if evals:
+        record = json.loads(evals[-1].read_text())
+        greedy = record["temperatures"]["greedy"]
+        found["latest"] = (evals[-1].parent.name, greedy["average"], greedy.get("ci95"))
+    return found
+
+
+def _pct(rate: float | None, ci: list[float] | None = None) -> str:
+    if rate is None:
+        return "–"
+    return f"{100 * rate:.0f} %" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else "")
+
+
+def held_out_text(f: dict[str, Any]) -> str:
+    """'start 16 % [11-23] (T=1: 11 %) -> v000020 24 % [18-31]', or '–'."""
+    h = f.get("held_out") or {}
+    parts = []
+    if "start" in h:
+        greedy = h["start"].get("greedy", (None, None))
+        sampled = ", ".join(f"{k}: {_pct(r)}" for k, (r, _) in h["start"].items()
+                            if k != "greedy")
+        parts.append(f"start {_pct(*greedy)}" + (f" ({sampled})" if sampled else ""))
+    if "latest" in h:
+        name, rate, ci = h["latest"]
+        parts.append(f"{name} {_pct(rate, ci)}")
+    return " -> ".join(parts) or "–"
+
+
 class StatusBoard:
     """Collects the figures of one status refresh."""
 
@@ -89,6 +127,7 @@ class StatusBoard:
         self.heartbeats = heartbeats        # owned: closed by close()
         self.learner_log = LearnerLog(run_dir / "learner.jsonl")
         self.store_path = store_path
+        self.run_dir = run_dir
         self.mode = mode
         self.started = time.monotonic()
         self._store = None
@@ -124,7 +163,8 @@ class StatusBoard:
             "policy_version": u.get("policy_version", start.get("policy_version")),
             "env_steps_per_s": env_rate, "actor_versions": actor_versions,
             "learner_steps_per_s": u.get("learner_steps_per_s"),
-            "success_rate": u.get("success_rate"), "staleness_mean": u.get("staleness_mean"),
+            "success_rate": u.get("success_rate"), "rollout_success": u.get("rollout_success"),
+            "held_out": held_out(self.run_dir), "staleness_mean": u.get("staleness_mean"),
             "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
             "queue_groups": store.get("complete_groups"),
             "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
@@ -158,6 +198,8 @@ def render(f: dict[str, Any]) -> Table:
         ("env steps/s (all actors)", _fmt(f["env_steps_per_s"], ".0f")),
         ("actor versions", _fmt(f["actor_versions"])),
         ("learner steps/s", _fmt(f["learner_steps_per_s"], ".3f")),
+        ("training success (actors)", _pct(f.get("rollout_success"))),
+        ("held-out success", held_out_text(f)),
         ("success rate (last batch)", _fmt(f["success_rate"], ".2f")),
         ("staleness mean / max", f"{_fmt(f['staleness_mean'], '.2f')} / "
                                  f"{_fmt(f['staleness_max'])}"),
@@ -193,7 +235,8 @@ def one_line(f: dict[str, Any]) -> str:
     hint = stall_hint(f)
     return (f"[{f['elapsed_s']:.0f}s] v{_fmt(f['policy_version'])} | env "
             f"{_fmt(f['env_steps_per_s'], '.0f')} steps/s | learner "
-            f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | success "
+            f"{_fmt(f['learner_steps_per_s'], '.3f')} steps/s | training "
+            f"{_pct(f.get('rollout_success'))} | held-out {held_out_text(f)} | success "
             f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
             f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
             f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"

@@ -1,4 +1,4 @@
-"""The config of the one-shot commands: ``pushcut demos``, ``sft``, ``eval`` and ``bench``.
+"""The config of the commands: ``pushcut demos``, ``sft``, ``eval``, ``bench`` and ``run``.
 
 Part of the schema (:mod:`common.config.schema` holds the roles' configs and the root
 ``PushcutConfig``, and re-exports these); every field's docstring is under it.
@@ -102,3 +102,17 @@ class BenchConfig:
     """ingest: bench store capacity in MB (it runs full, evicting)"""
     ingest_paced_load: float = 0.5
     """ingest: paced phase offers this share of the saturated rate"""
+
+
+@dataclass
+class RunConfig:
+    """``pushcut run``: what it measures around RL (deploy/run_local.py)."""
+    min_sampled_ratio: float = 0.5
+    """sampled success must be at least this fraction of greedy success, else the
+    sampling temperature is lowered (x0.6 per try)"""
+    temperature_tries: int = 3
+    """how many lower temperatures to try before taking the best one"""
+    eval_episodes: int = 5
+    """held-out episodes per task: for the start policy, greedy and sampled, before RL; and
+    for each policy snapshot while RL runs (a ``pushcut evaluator`` child, when
+    learner.snapshot_every > 0). 0 = neither, and algo.temperature is kept as it is"""

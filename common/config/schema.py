@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from common.config.commands import BenchConfig, DemosConfig, EvalConfig, SftConfig
+from common.config.commands import BenchConfig, DemosConfig, EvalConfig, RunConfig, SftConfig
 
 __all__ = [
     "EnvConfig", "ModelConfig", "AlgoConfig", "StoreConfig", "ActorConfig", "LearnerConfig",
-    "DemosConfig", "SftConfig", "EvalConfig", "BenchConfig", "DeployConfig", "PushcutConfig",
+    "DemosConfig", "SftConfig", "EvalConfig", "BenchConfig", "RunConfig", "DeployConfig",
+    "PushcutConfig",
     "LOCAL_HOST", "STORE_PORT", "WEIGHTS_PORT", "ANNOUNCE_PORT", "HEARTBEAT_PORT",
     "tcp_address", "STORE_ADDRESS", "WEIGHTS_ADDRESS", "ANNOUNCE_ADDRESS", "HEARTBEAT_ADDRESS",
 ]
@@ -236,7 +237,7 @@ class LearnerConfig:
     max_wall_s: Optional[float] = None
     """... or after this many seconds since the learner started (carried over a resume by the
     checkpoint)"""
-    snapshot_every: int = 0
+    snapshot_every: int = 10
     """policy snapshot to <run_dir>/snapshots every this many versions and at the end, never
     pruned (0 = none)"""
     checkpoint_dir: str = "runs/checkpoints"
@@ -337,5 +338,7 @@ class PushcutConfig:
     """``pushcut eval``"""
     bench: BenchConfig = field(default_factory=BenchConfig)
     """``pushcut bench``"""
+    run: RunConfig = field(default_factory=RunConfig)
+    """``pushcut run``"""
     deploy: DeployConfig = field(default_factory=DeployConfig)
     """``pushcut deploy``"""

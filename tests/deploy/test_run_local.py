@@ -98,6 +98,8 @@ def tiny_run_args(run_dir: Path, **extra) -> list[str]:
             # learner gets batches at all (the filter itself is tested in test_filter.py)
             "algo.success_lo": 0.0, "algo.success_hi": 1.0,
             "learner.max_versions": 3, "learner.checkpoint_every": 2, "wandb": "false",
+            # held-out measurements have a test of their own (test_run_evaluation.py)
+            "run.eval_episodes": 0,
             "store.ingest_address": f"tcp://127.0.0.1:{free_port()}",
             "learner.weights_address": f"tcp://127.0.0.1:{free_port()}",
             "learner.announce_address": f"tcp://127.0.0.1:{free_port()}",
