@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from actors.rollout import Episode, EpisodeRequest, VectorRollout
+from actors.rollout import Episode, EpisodeRequest, VectorRollout, steps_in_background
 from actors.scheduler import TaskScheduler
 from common.wire.trajectory import Trajectory
 
@@ -52,6 +52,13 @@ def episode_to_trajectory(ep: Episode, *, actor_id: str, policy_version: int, gr
         valid_mask=ep.valid_mask, created_at=time.time(),
         timings={"env_s": ep.timings.get("env_s", 0.0),
                  "inference_s": ep.timings.get("inference_s", 0.0), "wait_s": wait_s})
+
+
+def double_buffer_for(actor_cfg, workers: list) -> bool:
+    """Whether an actor's rollout should be double-buffered (see actors/rollout.py): when its
+    env workers step in processes of their own (``actor.subprocess_envs=true``, LIBERO
+    always) and ``actor.double_buffer`` (default true) allows it."""
+    return bool(actor_cfg.double_buffer) and steps_in_background(workers)
 
 
 @dataclass

@@ -36,7 +36,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 import torch  # noqa: E402
 
-from actors.actor import Actor  # noqa: E402
+from actors.actor import Actor, double_buffer_for  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
@@ -93,7 +93,8 @@ def make_actor(cfg, actor_id: str, workers: list, client: WeightClient | None) -
                               cfg.actor.task_weights, seed=actor_seed(cfg.actor.seed, actor_id))
     generator = torch.Generator(device=cfg.actor.device)
     generator.manual_seed(zlib.crc32(repr(actor_seed(cfg.actor.seed, actor_id)).encode()))
-    return Actor(VectorRollout(workers, policy), scheduler, actor_id=actor_id,
+    rollout = VectorRollout(workers, policy, double_buffer_for(cfg.actor, workers))
+    return Actor(rollout, scheduler, actor_id=actor_id,
                  group_size=cfg.algo.group_size, temperature=cfg.algo.temperature,
                  policy_version=version, weight_client=client, generator=generator)
 

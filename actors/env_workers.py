@@ -79,6 +79,7 @@ def run_chunk(env: TaskEnv, actions: np.ndarray, steps_left: int,
 class InProcessWorker:
     """A TaskEnv in this process; ``start_*`` compute at once, ``result()`` hands it over.
     The TaskEnv methods pass through, so a worker is a TaskEnv too."""
+    steps_in_background = False     # start_* computes here, in the caller's process
 
     def __init__(self, env: TaskEnv):
         self.env = env
@@ -158,6 +159,7 @@ class SubprocessWorker:
     it like any env. Every request has a deadline and the process's liveness is checked while
     waiting, so a dead or hung worker raises :class:`EnvWorkerError` instead of blocking;
     :meth:`restart` then replaces the process."""
+    steps_in_background = True      # start_* returns at once; the child steps meanwhile
 
     def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
                  reply_timeout_s: float = 600.0, send_timeout_s: float = 30.0,

@@ -12,10 +12,13 @@ from common.config import PushcutConfig
 BENCHMARKS = {
     "ingest": ("learner.bench.ingest:run", "trajectory ingest vs raw durable LMDB writes"),
     "env": ("actors.bench.env:run", "tabletop env steps/s, rendered and not, 1 and 2 processes"),
-    "actor": ("actors.bench.actor:run", "full actor env steps/s vs bare env stepping"),
+    "actor": ("actors.bench.actor:run",
+              "full actor env steps/s vs the slower of bare env stepping and bare inference"),
     "learner": ("learner.bench.update:run", "learner tokens/s for one RL micro-batch"),
     "policy": ("actors.bench.policy:run", "policy action-chunks/s and memory by batch size"),
     "libero": ("actors.bench.libero:run", "LIBERO worker step/reset time per core and RSS vs LIBERO's own env"),
+    "pipeline": ("deploy.bench_pipeline:run",
+                 "store + learner + actors in async and sync mode vs each stage alone"),
 }
 
 

@@ -1,21 +1,27 @@
-"""``pushcut bench actor``: env steps/s of a full actor against bare env stepping.
+"""``pushcut bench actor``: env steps/s of a full actor against its real limit, the slower of
+bare env stepping and bare inference for the same envs and policy.
 
 In: ``cfg.env``, ``cfg.model`` (the policy; fresh weights unless ``model.checkpoint``),
-``cfg.actor`` (num_envs, subprocess_envs, device, torch_threads), ``cfg.algo`` (group size,
-temperature), ``cfg.bench.seconds``. Out: printed figures, returned as a dict.
+``cfg.actor`` (num_envs, subprocess_envs, double_buffer, device, torch_threads), ``cfg.algo``
+(group size, temperature), ``cfg.bench.seconds``. Out: printed figures, returned as a dict.
 
-1. full actor: :class:`Actor` rounds — batched policy inference, chunked env stepping with
-   sparse rendering, trajectory records streamed to a real ``pushcut store`` process and
-   acknowledged — for ``bench.seconds`` of actor time (after a warm-up round), acks awaited
-   at the end;
-2. the limit, in the same run: after each actor round the SAME env workers replay the SAME
-   episodes (same resets, same actions, same rendering every C steps, same lengths, the same
-   number of envs in lock-step) with no policy and no streaming. Alternating the two keeps
-   a shared machine's changing load from favouring either.
+1. full actor: :class:`Actor` rounds — batched policy inference (double-buffered with
+   subprocess env workers), chunked env stepping with sparse rendering, trajectory records
+   streamed to a real ``pushcut store`` process and acknowledged — for ``bench.seconds`` of
+   actor time (after a warm-up round), acks awaited at the end;
+2. bare env stepping, in the same run: after each actor round the SAME env workers replay
+   the SAME episodes (same resets, same actions, same rendering every C steps, same lengths,
+   the same number of envs in lock-step) with no policy and no streaming;
+3. bare inference, in the same run: after each round the same policy samples (and turns
+   into actions) as many decisions as the round took, in full batches of the actor's
+   forward-pass size (all envs, or half of them when double-buffered), on the round's real
+   observations; env steps/s = the round's env steps / that time.
 
-ratio = (1) / (2); the goal is >= 0.85.
+limit = min((2), (3)): an actor that overlapped inference and stepping perfectly would reach
+it. ratio = (1) / limit; the goal is >= 0.85. Alternating the three keeps a shared machine's
+changing load from favouring any.
 
-    pushcut bench actor bench.seconds=30 actor.num_envs=8
+    pushcut bench actor bench.seconds=30 actor.num_envs=8 actor.subprocess_envs=true
 """
 from __future__ import annotations
 
@@ -39,10 +45,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from actors.actor import Actor  # noqa: E402
+from actors.actor import Actor, double_buffer_for  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
+from common.models.policy import ObsBatch  # noqa: E402
 from common.wire.trajectory import Trajectory, encode  # noqa: E402
 from common.transport.trajectories import TrajectorySender  # noqa: E402
 
@@ -51,17 +58,25 @@ GOAL = 0.85
 
 @dataclass
 class Played:
-    """What one episode did, enough to replay it: actions float32 [T, C, D]."""
+    """What one episode did, enough to replay it: actions float32 [T, C, D]; ``obs``: its
+    first observation (images uint8 [V, H, W, 3], proprio float32 [P], instruction), for
+    the bare inference."""
     task_id: str
     init_state_id: int
     actions: np.ndarray
     length: int
+    obs: tuple | None = None
 
 
 def replay(workers: list, episodes: list[Played]) -> int:
     """Bare env stepping: the episodes on the workers in lock-step (reset, then chunks of C
     actions rendered on their last step), no policy. -> env steps executed."""
-    pending, slots, steps = deque(episodes), [None] * len(workers), 0
+    return replay_counts(workers, episodes)[0]
+
+
+def replay_counts(workers: list, episodes: list[Played]) -> tuple[int, int]:
+    """:func:`replay` -> (env steps, decisions: chunks executed)."""
+    pending, slots, steps, decisions = deque(episodes), [None] * len(workers), 0, 0
     while pending or any(slots):
         started = []
         for i, w in enumerate(workers):
@@ -73,6 +88,7 @@ def replay(workers: list, episodes: list[Played]) -> int:
         for i in started:
             workers[i].result()
         active = [i for i, s in enumerate(slots) if s is not None]
+        decisions += len(active)
         for i in active:
             ep, t, done = slots[i]
             workers[i].start_chunk(ep.actions[t], ep.length - done, False)
@@ -83,7 +99,45 @@ def replay(workers: list, episodes: list[Played]) -> int:
             steps += res.steps
             if res.done or slots[i][2] >= slots[i][0].length:
                 slots[i] = None
-    return steps
+    return steps, decisions
+
+
+def random_episodes(workers: list, count: int, chunk_size: int, action_dim: int,
+                    seed: int = 0) -> list[Played]:
+    """``count`` episodes of uniformly random actions in [-1, 1] [T, C, D], over the env's
+    tasks in turn, each as long as its task's step limit (the env may end it sooner), each
+    with its task's first observation: what :func:`replay` and :func:`obs_batch` take."""
+    rng, specs = np.random.default_rng(seed), workers[0].tasks()
+    first = {}
+    for spec in specs[:count]:
+        obs = workers[0].reset(spec.task_id, 0)
+        first[spec.task_id] = (obs["images"], obs["proprio"], spec.instruction)
+    out = []
+    for k in range(count):
+        spec = specs[k % len(specs)]
+        decisions = -(-spec.max_steps // chunk_size)
+        actions = rng.uniform(-1, 1, (decisions, chunk_size, action_dim)).astype(np.float32)
+        out.append(Played(spec.task_id, 0, actions, spec.max_steps, first[spec.task_id]))
+    return out
+
+
+def obs_batch(played: list[Played], size: int) -> ObsBatch:
+    """A batch of ``size`` real observations, cycling through the episodes' first ones."""
+    rows = [played[k % len(played)].obs for k in range(size)]
+    return ObsBatch(images=np.stack([r[0] for r in rows]),
+                    proprio=np.stack([r[1] for r in rows]).astype(np.float32),
+                    instructions=[r[2] for r in rows])
+
+
+def bare_inference(policy, obs: ObsBatch, calls: int, temperature: float,
+                   generator: torch.Generator | None = None) -> float:
+    """Bare inference: ``calls`` forward passes of ``policy`` on ``obs`` as a rollout makes
+    them (sample at ``temperature``, tokens to actions), nothing else. -> seconds."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        tokens, _ = policy.sample(obs, temperature, generator)
+        policy.tokens_to_actions(tokens.detach().cpu().numpy())
+    return time.perf_counter() - t0
 
 
 def start_store(tmp: str) -> tuple[subprocess.Popen, str]:
@@ -107,7 +161,8 @@ class Recorder:
         self.inference_s = self.env_s = 0.0
 
     def __call__(self, traj: Trajectory) -> None:
-        self.played.append(Played(traj.task_id, traj.init_state_id, traj.actions, traj.length))
+        self.played.append(Played(traj.task_id, traj.init_state_id, traj.actions, traj.length,
+                                  (traj.images[0], traj.proprio[0], traj.instruction)))
         self.inference_s += traj.timings["inference_s"]
         self.env_s += traj.timings["env_s"]
         raw = encode(traj)
@@ -121,7 +176,8 @@ def make_actor(cfg, workers: list) -> Actor:
     tasks = workers[0].tasks()
     scheduler = TaskScheduler(tasks, {t.task_id: workers[0].train_init_state_ids(t.task_id)
                                       for t in tasks}, cfg.actor.task_weights, seed=cfg.seed)
-    return Actor(VectorRollout(workers, policy), scheduler, actor_id="bench",
+    rollout = VectorRollout(workers, policy, double_buffer_for(cfg.actor, workers))
+    return Actor(rollout, scheduler, actor_id="bench",
                  group_size=cfg.algo.group_size, temperature=cfg.algo.temperature,
                  generator=torch.Generator(device=cfg.actor.device).manual_seed(cfg.seed))
 
@@ -139,28 +195,51 @@ def warm_up(workers: list) -> None:
             w.result()
 
 
+class Limits:
+    """The bare measurements that follow each actor round (see the module docstring)."""
+
+    def __init__(self, cfg, actor: Actor, workers: list):
+        self.workers, self.policy = workers, actor.rollout.policy
+        self.batch = len(actor.rollout.halves()[0])     # the actor's forward-pass size
+        self.temperature = cfg.algo.temperature
+        self.generator = torch.Generator(device=cfg.actor.device).manual_seed(cfg.seed + 1)
+        self.env_s = self.inference_s = 0.0
+        self.env_steps = self.decisions = 0
+
+    def after_round(self, played: list[Played]) -> None:
+        if not played:
+            return
+        t0 = time.perf_counter()
+        self.env_steps += replay(self.workers, played)
+        self.env_s += time.perf_counter() - t0
+        decisions = sum(len(p.actions) for p in played)
+        self.decisions += decisions
+        self.inference_s += bare_inference(self.policy, obs_batch(played, self.batch),
+                                           -(-decisions // self.batch), self.temperature,
+                                           self.generator)
+
+
 def measure(cfg, workers: list, address: str, console: Console) -> dict:
-    """Alternate timed actor rounds with timed bare replays of the same round, so that both
-    see the same load on a shared machine; the final flush counts as actor time."""
+    """Alternate timed actor rounds with timed bare replays and bare inference of the same
+    round, so that all see the same load on a shared machine; the final flush counts as
+    actor time."""
     warm_up(workers)
     actor = make_actor(cfg, workers)
+    limits = Limits(cfg, actor, workers)
     with TrajectorySender(address, max_in_flight=cfg.actor.max_in_flight,
                           resend_after_s=cfg.actor.resend_after_s) as sender:
         actor.run_round(Recorder(sender))          # first forward, store up
         if not sender.flush(300):
             raise RuntimeError(f"the store at {address} did not acknowledge the warm-up round")
         rec, s0, w0 = Recorder(sender), actor.stats.env_steps, actor.stats.wait_s
-        actor_s = bare_s = 0.0
-        bare_steps = replayed = 0
+        actor_s, replayed = 0.0, 0
         with Progress(console=console, transient=True) as progress:
             bar = progress.add_task("actor rounds / bare replays", total=cfg.bench.seconds)
             while actor_s < cfg.bench.seconds:
                 t0 = time.perf_counter()
                 actor.run_round(rec)
-                t1 = time.perf_counter()
-                bare_steps += replay(workers, rec.played[replayed:])
-                bare_s += time.perf_counter() - t1
-                actor_s += t1 - t0
+                actor_s += time.perf_counter() - t0
+                limits.after_round(rec.played[replayed:])
                 replayed = len(rec.played)
                 progress.update(bar, completed=actor_s)
         t0 = time.perf_counter()
@@ -168,15 +247,19 @@ def measure(cfg, workers: list, address: str, console: Console) -> dict:
         actor_s += time.perf_counter() - t0
         acked = sender.counters["acked"]
     steps = actor.stats.env_steps - s0
-    if bare_steps != steps:
-        raise RuntimeError(f"replay executed {bare_steps} steps, the actor {steps}")
+    if limits.env_steps != steps:
+        raise RuntimeError(f"replay executed {limits.env_steps} steps, the actor {steps}")
     return {"episodes": len(rec.played), "env_steps": steps, "actor_s": actor_s,
-            "bare_s": bare_s, "flushed": flushed, "acked": acked, "trajectory_bytes": rec.bytes,
-            "wait_s": actor.stats.wait_s - w0, "inference_s": rec.inference_s,
-            "env_s": rec.env_s}
+            "bare_s": limits.env_s, "bare_inference_s": limits.inference_s,
+            "decisions": limits.decisions, "inference_batch": limits.batch,
+            "double_buffer": actor.rollout.double_buffer, "flushed": flushed, "acked": acked,
+            "trajectory_bytes": rec.bytes, "wait_s": actor.stats.wait_s - w0,
+            "inference_s": rec.inference_s, "env_s": rec.env_s}
 
 
 def run(cfg) -> dict:
+    """``pushcut bench actor``: a store process, the actor's env workers, the measurement.
+    -> the figures (printed too)."""
     console = Console()
     if cfg.actor.torch_threads:
         torch.set_num_threads(cfg.actor.torch_threads)
@@ -190,34 +273,52 @@ def run(cfg) -> dict:
                 w.close()
             store.terminate()
             store.wait(60)
-    actor_rate, bare_rate = m["env_steps"] / m["actor_s"], m["env_steps"] / m["bare_s"]
-    figures = {
+    figures = figures_of(cfg, m)
+    print_figures(figures, console)
+    return figures
+
+
+def figures_of(cfg, m: dict) -> dict:
+    """What :func:`measure` found -> the benchmark's figures (rates in env steps/s)."""
+    steps = m["env_steps"]
+    actor_rate, bare_rate = steps / m["actor_s"], steps / m["bare_s"]
+    inference_rate = steps / max(m["bare_inference_s"], 1e-9)
+    limit = min(bare_rate, inference_rate)
+    return {
         "env": cfg.env.name, "suite": cfg.env.suite, "model": f"{cfg.model.name}/{cfg.model.preset}",
         "num_envs": cfg.actor.num_envs, "subprocess_envs": bool(cfg.actor.subprocess_envs),
+        "double_buffer": bool(m["double_buffer"]), "inference_batch": m["inference_batch"],
         "device": cfg.actor.device, "torch_threads": torch.get_num_threads(),
-        "group_size": cfg.algo.group_size, "episodes": m["episodes"], "env_steps": m["env_steps"],
+        "group_size": cfg.algo.group_size, "episodes": m["episodes"], "env_steps": steps,
+        "decisions": m["decisions"],
         "actor_steps_per_s": actor_rate, "bare_steps_per_s": bare_rate,
-        "ratio": actor_rate / bare_rate, "goal": GOAL,
+        "inference_steps_per_s": inference_rate, "limit_steps_per_s": limit,
+        "limit": "env stepping" if bare_rate <= inference_rate else "inference",
+        "ratio": actor_rate / limit, "env_ratio": actor_rate / bare_rate, "goal": GOAL,
         "trajectories_per_s": m["episodes"] / m["actor_s"],
         "stream_mb_per_s": m["trajectory_bytes"] / m["actor_s"] / 1e6,
         "acked": m["acked"], "flushed": m["flushed"], "actor_wait_s": m["wait_s"],
         "inference_share": m["inference_s"] / m["actor_s"], "env_share": m["env_s"] / m["actor_s"],
     }
-    print_figures(figures, console)
-    return figures
 
 
 def print_figures(f: dict, console: Console) -> None:
     console.print(f"pushcut bench actor: {f['num_envs']} envs "
                   f"({'subprocess' if f['subprocess_envs'] else 'in-process'}), {f['model']} "
                   f"on {f['device']} ({f['torch_threads']} torch threads), "
-                  f"group size {f['group_size']}", soft_wrap=True)
+                  f"group size {f['group_size']}, "
+                  f"{'double-buffered' if f['double_buffer'] else 'one batch'} "
+                  f"(forward passes of {f['inference_batch']})", soft_wrap=True)
     table = Table()
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [("full actor env steps/s", f"{f['actor_steps_per_s']:.0f}"),
             ("bare env steps/s (same envs, same episodes)", f"{f['bare_steps_per_s']:.0f}"),
-            ("ratio (goal >= 0.85)", f"{f['ratio']:.2f}"),
+            ("bare inference, env steps/s (same policy, same decisions)",
+             f"{f['inference_steps_per_s']:.0f}"),
+            (f"limit: the slower, {f['limit']}", f"{f['limit_steps_per_s']:.0f}"),
+            ("ratio actor / limit (goal >= 0.85)", f"{f['ratio']:.2f}"),
+            ("ratio actor / bare env stepping", f"{f['env_ratio']:.2f}"),
             ("episodes / env steps", f"{f['episodes']} / {f['env_steps']}"),
             ("actor wall time in policy inference", f"{f['inference_share']:.0%}"),
             ("env stepping time / actor wall (summed over envs)", f"{f['env_share']:.0%}"),

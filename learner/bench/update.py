@@ -37,13 +37,15 @@ from learner.batch import Batch, collate
 from learner.grpo import GRPO, make_optimizer
 
 
-def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator) -> Batch:
-    """``algo.micro_batch_size`` trajectories in groups of ``algo.group_size`` (at least 2),
-    mixed outcomes, tokens and log-probs sampled from ``policy``."""
+def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator,
+               length: int | None = None) -> Batch:
+    """``algo.micro_batch_size`` trajectories of ``length`` steps (default ``env.max_steps``,
+    else 120) in groups of ``algo.group_size`` (at least 2), mixed outcomes, tokens and
+    log-probs sampled from ``policy``."""
     mc = policy.config
     n = max(2, cfg.algo.micro_batch_size)
     size = min(max(2, cfg.algo.group_size), n)
-    length = cfg.env.max_steps or 120
+    length = length or cfg.env.max_steps or 120
     groups = []
     for g in range(math.ceil(n / size)):
         gid, group = uuid.uuid4().hex, []
@@ -62,7 +64,47 @@ def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator) -> Batch:
     return collate(groups)
 
 
-def _timed(step, seconds: float) -> tuple[float, int]:
+def bare_step(policy, batch: Batch, optimizer, device: torch.device | str = "cpu"):
+    """The limit's training step, as a closure: forward, log-softmax/gather of the taken
+    tokens, mean over valid tokens, backward and an AdamW step, on ``batch``."""
+    device = torch.device(device)
+    mask, tokens = batch.valid_mask.to(device), int(batch.valid_mask.sum())
+    obs = batch.obs()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logp = policy.log_probs(obs, batch.tokens, batch.temperature)
+        (-(logp * mask).sum() / tokens).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return step
+
+
+def stage_rate(cfg: PushcutConfig, seconds: float, length: int) -> dict:
+    """The learner's standalone rate for ``pushcut bench pipeline``: the bare training step
+    of ``cfg.model`` on ``learner.device`` (``learner.torch_threads`` on CPU) on one
+    micro-batch of ``algo.micro_batch_size`` synthetic trajectories of ``length`` env steps,
+    for about ``seconds``. -> {"step_s", "trajectories", "env_steps", "env_steps_per_s"}."""
+    from common.models import build_policy
+    threads = torch.get_num_threads()
+    if cfg.learner.torch_threads:
+        torch.set_num_threads(cfg.learner.torch_threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        policy = build_policy(cfg.model).eval()
+        batch = make_batch(policy, cfg, np.random.default_rng(cfg.seed), length)
+        policy.to(cfg.learner.device)
+        optimizer = make_optimizer(policy.parameters(), cfg.algo)
+        step_s, _ = timed(bare_step(policy, batch, optimizer, cfg.learner.device), seconds)
+    finally:
+        torch.set_num_threads(threads)
+    env_steps = batch.num_trajectories * length
+    return {"step_s": step_s, "trajectories": batch.num_trajectories, "env_steps": env_steps,
+            "env_steps_per_s": env_steps / step_s}
+
+
+def timed(step, seconds: float) -> tuple[float, int]:
     """Run ``step`` once to warm up, then for about ``seconds`` (at least twice).
     -> (mean seconds per step, steps)."""
     step()
@@ -82,19 +124,11 @@ def run(cfg: PushcutConfig) -> dict:
     batch = make_batch(policy, cfg, np.random.default_rng(cfg.seed))
     tokens = int(batch.valid_mask.sum())
     optimizer = make_optimizer(policy.parameters(), cfg.algo)
-    obs = batch.obs()
-
-    def bare_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logp = policy.log_probs(obs, batch.tokens, batch.temperature)
-        (-(logp * batch.valid_mask).sum() / tokens).backward()
-        optimizer.step()
-
     # the whole batch is one micro-batch
     grpo = GRPO(policy, optimizer, dataclasses.replace(cfg.algo,
                                                        micro_batch_size=batch.num_trajectories))
-    bare_s, bare_n = _timed(bare_step, cfg.bench.seconds / 2)
-    grpo_s, grpo_n = _timed(lambda: grpo.update(batch), cfg.bench.seconds / 2)
+    bare_s, bare_n = timed(bare_step(policy, batch, optimizer), cfg.bench.seconds / 2)
+    grpo_s, grpo_n = timed(lambda: grpo.update(batch), cfg.bench.seconds / 2)
     figures = {
         "model": f"{cfg.model.name}/{cfg.model.preset}",
         "parameters": sum(p.numel() for p in policy.parameters()),

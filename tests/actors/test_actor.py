@@ -165,3 +165,36 @@ def test_sync_mode_holds_rounds_while_the_learner_updates():
         assert actor.policy_version == 1 and actor.stats.swaps == 1
         for k, v in policy.state_dict().items():
             assert torch.equal(v, weights[k]), k
+
+
+def test_actor_double_buffers_only_workers_that_step_in_the_background():
+    from types import SimpleNamespace
+
+    from actors.actor import double_buffer_for
+
+    class Background:      # what a subprocess env worker says of itself
+        steps_in_background = True
+
+    in_process = VectorRollout([TabletopEnv(ENV_CFG) for _ in range(2)], None).workers
+    on, off = SimpleNamespace(double_buffer=True), SimpleNamespace(double_buffer=False)
+    assert not double_buffer_for(on, in_process)
+    assert double_buffer_for(on, [Background(), Background()])
+    assert double_buffer_for(SimpleNamespace(), [Background(), Background()])   # default on
+    assert not double_buffer_for(off, [Background(), Background()])
+    assert not double_buffer_for(on, [Background()])            # one env: nothing to overlap
+
+
+def test_double_buffered_actor_sends_complete_consistent_groups():
+    torch.manual_seed(0)
+    actor = make_actor(build_policy(ModelConfig(preset="micro")).eval(), None, num_envs=4)
+    actor.rollout.double_buffer = True
+    sent = []
+    assert [actor.run_round(sent.append) for _ in range(2)] == [2, 2]
+    groups: dict[str, list] = {}
+    for t in sent:
+        groups.setdefault(t.group_id, []).append(t)
+    assert len(groups) == 4 and all(len(g) == 2 for g in groups.values())
+    for g in groups.values():
+        assert len({(t.task_id, t.init_state_id, t.policy_version) for t in g}) == 1
+        assert sorted(t.trajectory_id for t in g) == [f"{g[0].group_id}.{m}" for m in (0, 1)]
+    assert actor.stats.episodes == 8 and actor.stats.env_steps == sum(t.length for t in sent)

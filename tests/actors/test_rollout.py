@@ -1,6 +1,7 @@
 """VectorRollout on the real tabletop MuJoCo suite: batched decisions, chunked stepping with
 sparse rendering, finished envs stop, success flags from the env, log-probs the policy
-recomputes, and subprocess env workers."""
+recomputes, and subprocess env workers; double buffering (two halves of the envs taking
+turns) gives the same episodes and keeps the bookkeeping and the crash recovery."""
 from __future__ import annotations
 
 import os
@@ -14,10 +15,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from actors.env_workers import SubprocessWorker  # noqa: E402
+from actors.env_workers import SubprocessWorker, make_workers  # noqa: E402
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from actors.expert_policy import ExpertPolicy  # noqa: E402
-from actors.rollout import EpisodeRequest, VectorRollout  # noqa: E402
+from actors.rollout import EpisodeRequest, VectorRollout, steps_in_background  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.models.policy import ObsBatch  # noqa: E402
@@ -158,3 +159,119 @@ def test_subprocess_workers_match_in_process():
         np.testing.assert_array_equal(a.tokens, b.tokens)
         assert (a.length, a.success) == (b.length, b.success)
     assert all(w.proc.poll() is not None for w in workers)
+
+
+# ------------------------------------------------------------------ double buffering
+
+def test_halves_take_turns_only_when_double_buffered():
+    envs = [TabletopEnv(EnvConfig()) for _ in range(3)]
+    assert VectorRollout(envs, ExpertPolicy(envs)).halves() == [[0, 1, 2]]
+    assert VectorRollout(envs, ExpertPolicy(envs), double_buffer=True).halves() == [[0, 1], [2]]
+    assert VectorRollout(envs[:1], ExpertPolicy(envs[:1]), double_buffer=True).halves() == [[0]]
+    assert not steps_in_background(VectorRollout(envs, ExpertPolicy(envs)).workers)
+
+
+def test_double_buffer_gives_the_same_sampled_episodes():
+    """Same seed, same requests: the two halves' forward passes draw the same random numbers
+    in the same order as one pass over all envs, so the episodes are the same."""
+    torch.manual_seed(0)
+    policy = CountingPolicy(build_policy(ModelConfig(preset="micro")).eval())
+    env_cfg = EnvConfig(max_steps=20)          # 3 decisions each
+    requests = [EpisodeRequest(t, i, f"g{n // 2}") for n, (t, i) in enumerate(
+        [("spatial/0", 3), ("spatial/0", 3), ("long/2", 1), ("long/2", 1), ("goal/1", 0),
+         ("goal/1", 0)])]                      # 6 requests on 4 envs: refills
+    runs = {}
+    for double in (False, True):
+        policy.batches = []
+        envs = [TabletopEnv(env_cfg) for _ in range(4)]
+        runs[double] = VectorRollout(envs, policy, double_buffer=double).run(
+            requests, 1.6, torch.Generator().manual_seed(3))
+        runs[double, "batches"] = policy.batches
+    assert runs[False, "batches"] == [4, 4, 4, 2, 2, 2]
+    assert runs[True, "batches"] == [2, 2] * 3 + [2] * 3     # the second half ends idle
+    assert [e.request for e in runs[True]] == requests
+    for a, b in zip(runs[False], runs[True]):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(a.images, b.images)
+        assert (a.length, a.success) == (b.length, b.success)
+        np.testing.assert_array_equal(a.valid_mask, b.valid_mask)
+
+
+def test_double_buffer_keeps_the_bookkeeping_of_uneven_episodes():
+    """Expert episodes of different lengths: envs finish at different decisions and take the
+    next request; both schedules give the same episodes, renders and step counts."""
+    requests = [EpisodeRequest(t, i, f"g{n}") for n, (t, i) in enumerate(
+        [("goal/3", 0), ("spatial/0", 0), ("goal/3", 1), ("object/0", 0), ("goal/3", 2)])]
+    runs, counts = {}, {}
+    for double in (False, True):
+        envs = [CountingEnv(TabletopEnv(EnvConfig())) for _ in range(3)]
+        policy = CountingPolicy(ExpertPolicy([e.env for e in envs]))
+        rollout = VectorRollout(envs, policy, double_buffer=double)
+        runs[double] = rollout.run(requests, temperature=1.0)
+        counts[double] = ([e.steps for e in envs], [e.renders for e in envs],
+                          rollout.env_steps, sum(policy.batches))
+        if double:
+            assert max(policy.batches) <= 2     # halves of 2 and 1 envs
+    assert counts[False] == counts[True]
+    assert [e.request for e in runs[True]] == requests
+    for a, b in zip(runs[False], runs[True]):
+        assert (a.length, a.success) == (b.length, b.success) and a.success
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_double_buffer_stops_and_records_videos():
+    envs = [TabletopEnv(EnvConfig()) for _ in range(2)]
+    policy = CountingPolicy(ExpertPolicy(envs))
+    rollout = VectorRollout(envs, policy, double_buffer=True)
+    cut = rollout.run([EpisodeRequest("goal/3", 0, "a")] * 2, 1.0,
+                      should_stop=lambda: len(policy.batches) >= 3)
+    assert cut == [] and len(policy.batches) == 3
+    # every worker's reply was read: the next run starts cleanly
+    ep, other = rollout.run([EpisodeRequest("goal/3", 0, "v", record_video=True),
+                             EpisodeRequest("goal/3", 1, "w")], 1.0)
+    assert len(ep.frames) == ep.length + 1 and not other.frames
+    np.testing.assert_array_equal(ep.frames[0], ep.images[0, 0])
+
+
+class KillAtDecision:
+    """A real policy that SIGKILLs subprocess worker ``victim`` before forward pass ``nth``."""
+
+    def __init__(self, policy, worker: SubprocessWorker, nth: int):
+        self.policy, self.worker, self.nth, self.calls = policy, worker, nth, 0
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def sample(self, obs, temperature, generator=None):
+        self.calls += 1
+        if self.calls == self.nth:
+            self.worker.proc.kill()
+            self.worker.proc.wait(10)
+        return self.policy.sample(obs, temperature, generator)
+
+
+def test_double_buffer_restarts_a_dead_worker_and_drops_its_group():
+    """Subprocess workers, double-buffered: worker 0 dies while its chunk is in flight and the
+    other half infers; its group is dropped (no re-runs allowed), including the member that
+    was stepping on the other worker, and the next group completes on the restarted worker."""
+    torch.manual_seed(0)
+    policy = build_policy(ModelConfig(preset="micro")).eval()
+    env_cfg = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)   # 2 chunks
+    workers = make_workers(env_cfg, 2, seed=0, use_subprocess=True)
+    try:
+        assert steps_in_background(workers)
+        rollout = VectorRollout(workers, KillAtDecision(policy, workers[0], nth=2),
+                                double_buffer=True)
+        rollout.max_reruns = 0
+        requests = [EpisodeRequest("goal/0", 1, g) for g in ("g", "g", "h", "h")]
+        episodes = rollout.run(requests, 1.6, torch.Generator().manual_seed(0))
+        assert all(w.proc.poll() is None for w in workers)
+        again = rollout.run(requests[2:], 1.6, torch.Generator().manual_seed(0))
+    finally:
+        for w in workers:
+            w.close()
+    assert [e.request.group_id for e in episodes] == ["h", "h"]
+    assert [e.request.group_id for e in again] == ["h", "h"]
+    assert (rollout.worker_restarts, rollout.rerun_episodes, rollout.dropped_groups) == (1, 0, 1)
