@@ -35,7 +35,7 @@ class SftConfig:
     """output directory: checkpoints, the final policy, the evaluation"""
     demos_per_task: Optional[int] = None
     """use at most this many demos of each task (None = all)"""
-    steps: int = 2000
+    steps: int = 3000
     """optimiser steps"""
     batch_size: int = 64
     """examples (one per demonstrated decision) per optimiser step"""
@@ -49,8 +49,9 @@ class SftConfig:
     """clip the gradient's global norm to this"""
     augment_shift: int = 4
     """random image shifts of up to this many pixels (0 = off)"""
-    label_sigma: float = 3.0
-    """gaussian target over neighbouring bins, in bins (0 = one-hot)"""
+    label_sigma: float = 0.0
+    """gaussian target over neighbouring bins, in bins (0 = one-hot: sharp targets, so that
+    sampling explores choices rather than blur around one action)"""
     eval_episodes_per_task: int = 10
     """closing held-out evaluation (0 = skip)"""
     checkpoint_every: int = 500

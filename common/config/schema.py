@@ -174,6 +174,10 @@ class ActorConfig:
     """default: host-pid"""
     num_envs: int = 8
     """E env workers"""
+    double_buffer: bool = True
+    """with subprocess env workers, overlap one half of the envs' stepping with the
+    policy's forward pass for the other half (two forward passes of half the batch per
+    decision step); no effect with in-process workers"""
     device: str = "cpu"
     """where the policy runs"""
     seed: int = 0
