@@ -58,7 +58,7 @@ class EnvConfig:
     """None = the family's / suite's own step limit"""
     num_train_init_states: int = 40
     """training init_state_ids are [0, num_train)"""
-    num_heldout_init_states: int = 10
+    num_heldout_init_states: int = 50
     """held-out ids follow, disjoint from training"""
     settle_steps: int = 10
     """LIBERO: no-op steps after reset while objects settle"""
