@@ -59,3 +59,57 @@ def write_results(result: ExperimentResult, target: float) -> Path:
     path = Path(result.path) / RESULTS
     path.write_text(json.dumps(results_record(result, target), indent=2))
     return path
+
+
+def read_outcomes(path: Path) -> tuple[dict, dict[str, list[int]]]:
+    """An eval directory (or its eval.json) -> (greedy summary, outcomes per task)."""
+    file = path / "eval.json" if path.is_dir() else path
+    temps = json.loads(file.read_text())["temperatures"]
+    summary = temps.get("greedy") or next(iter(temps.values()))
+    return summary, {t: v.get("outcomes", []) for t, v in summary["per_task"].items()}
+
+
+def compare_text(before: Path, after: Path) -> str:
+    """Both evaluations per family and on average with their intervals, and McNemar's test
+    over the episodes they share (the same held-out states, in order)."""
+    (a, oa), (b, ob) = read_outcomes(before), read_outcomes(after)
+    if a["per_task"].keys() != b["per_task"].keys():
+        raise ValueError("the two evaluations cover different tasks")
+    for t in oa:
+        if a["per_task"][t]["init_state_ids"][:len(ob[t])] != \
+                b["per_task"][t]["init_state_ids"][:len(oa[t])]:
+            raise ValueError(f"{t}: the evaluations ran on different initial states")
+
+    def cell(s: dict, fam: str | None) -> str:
+        rate = s["average"] if fam is None else s["per_family"][fam]
+        ci = s.get("ci95") if fam is None else s.get("family_ci95", {}).get(fam)
+        return f"{100 * rate:.1f} %" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else "")
+
+    rows = [f"| {fam or 'average'} | {cell(a, fam)} | {cell(b, fam)} |"
+            for fam in [*sorted(a["per_family"]), None]]
+    test = paired(_Outcomes(oa), _Outcomes(ob))
+    verdict = "no outcomes to pair" if test is None else (
+        f"paired over {test['pairs']} episodes: {test['gained']} gained, {test['lost']} lost, "
+        f"McNemar z = {test['z']:.2f}, p = {test['p']:.2g}")
+    return "\n".join([f"| family | {before} | {after} |", "|---|---:|---:|", *rows, "",
+                      verdict])
+
+
+class _Outcomes:
+    """The part of a report Point that :func:`paired` reads."""
+
+    def __init__(self, outcomes: dict[str, list[int]]):
+        self.outcomes = outcomes
+
+
+def compare_main(cfg, args: list[str]) -> int:
+    """``pushcut compare BEFORE AFTER``: two eval directories (or eval.json files)."""
+    if len(args) != 2:
+        print("usage: pushcut compare BEFORE_EVAL AFTER_EVAL  (directories with eval.json)")
+        return 2
+    try:
+        print(compare_text(Path(args[0]), Path(args[1])))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"pushcut compare: {exc}")
+        return 2
+    return 0

@@ -22,7 +22,8 @@ def write_eval(out: Path, by_family: dict[str, float]) -> None:
     """An eval.json with two tasks per family, as actors/evaluate.py writes it."""
     per_task = {f"{fam}/{i}": {"family": fam, "episodes": 10, "success_rate": rate,
                                "successes": int(10 * rate),
-                               "outcomes": [int(e < 10 * rate) for e in range(10)]}
+                               "outcomes": [int(e < 10 * rate) for e in range(10)],
+                               "init_state_ids": list(range(40, 50))}
                 for fam, rate in by_family.items() for i in range(2)}
     summary = {"temperature": 0.0, "per_task": per_task, "per_family": by_family,
                "average": sum(by_family.values()) / len(by_family), "episodes": 40}
@@ -146,3 +147,20 @@ def test_results_json_has_the_figures_intervals_and_paired_test(experiment):
     paired = record["rl_async"]["paired"]
     assert (paired["pairs"], paired["gained"], paired["lost"]) == (40, 28, 0)
     assert paired["z"] > 5 and paired["p"] < 1e-6
+
+
+def test_compare_pairs_two_evaluations_and_refuses_other_states(tmp_path, capsys):
+    from deploy.results import compare_main
+    write_eval(tmp_path / "before", {"spatial": 0.3, "object": 0.2})
+    write_eval(tmp_path / "after", {"spatial": 0.8, "object": 0.5})
+    assert compare_main(None, [str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+    out = capsys.readouterr().out
+    assert "| average | 25.0 % | 65.0 % |" in out
+    assert "paired over 40 episodes: 16 gained, 0 lost" in out
+    record = json.loads((tmp_path / "after" / "eval.json").read_text())
+    for task in record["temperatures"]["greedy"]["per_task"].values():
+        task["init_state_ids"] = [99] * 10
+    (tmp_path / "after" / "eval.json").write_text(json.dumps(record))
+    assert compare_main(None, [str(tmp_path / "before"), str(tmp_path / "after")]) == 2
+    assert "different initial states" in capsys.readouterr().out
+    assert compare_main(None, [str(tmp_path / "before")]) == 2
