@@ -83,3 +83,13 @@ def test_product_text_has_no_working_labels_or_private_paths():
     hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
             for i, line in enumerate(p.read_text().splitlines(), 1) if labels.search(line)]
     assert hits == []
+
+
+def test_every_command_and_benchmark_has_a_section_in_the_docs():
+    from deploy.bench import BENCHMARKS
+    from deploy.cli import COMMANDS
+    text = (ROOT / "docs" / "commands.md").read_text()
+    missing = [f"pushcut {name}" for name in COMMANDS if f"## `pushcut {name}`" not in text]
+    missing += [f"pushcut bench {name}" for name in BENCHMARKS
+                if f"### `pushcut bench {name}`" not in text]
+    assert missing == []
