@@ -5,7 +5,6 @@ acknowledged: decode range checks (bad_value), expert records in an RL store, gr
 the same payload again is a duplicate), and records that break the batch's transaction."""
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import zlib
@@ -19,6 +18,7 @@ from common.synthetic import make_trajectory
 from common.transport.trajectories import ACK, REJECT, IngestServer
 from common.wire.trajectory import encode
 from learner.store import TrajectoryStore
+from tests.common.transport.test_trajectories import serving
 from tests.waiting import wait_until
 
 
@@ -41,17 +41,6 @@ def nan_log_prob(traj) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
-@contextlib.contextmanager
-def serving(server: IngestServer):
-    stop = threading.Event()
-    thread = threading.Thread(target=server.serve, args=(stop.is_set, 0.05))
-    thread.start()
-    try:
-        yield server
-    finally:
-        stop.set()
-        thread.join(10)
-        server.close()
 
 
 class HeldCommits:
