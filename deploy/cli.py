@@ -2,7 +2,9 @@
 
 Arguments with ``=`` (or starting with ``+``/``~``) are Hydra overrides of the config in
 ``configs/``; the others are the command's positional arguments (``pushcut bench ingest``,
-``pushcut report RUN_DIR...``). Each command lives in the module of its role and is imported
+``pushcut report RUN_DIR...``). The composed config is checked before the command starts
+(deploy/checks.py): a bad setting is one line on stderr naming the key, its value and what
+is allowed, and exit status 2. Each command lives in the module of its role and is imported
 only when called, so ``pushcut store`` never imports torch or MuJoCo.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluator": ("deploy.evaluator:main", "held-out success of a run's snapshots as they appear"),
     "bench": ("deploy.bench:main", "throughput benchmarks: ingest | env | actor | learner | policy | libero"),
     "experiment": ("deploy.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
+    "compare": ("deploy.results:compare_main", "two evaluations side by side, paired McNemar test"),
     "report": ("deploy.report:main", "learning curves (PNG) and tables from run directories"),
     "setup": ("actors.envs.libero_setup:main", "setup libero: install and verify the real LIBERO assets"),
     "keys": ("common.transport.curve:main", "generate CurveZMQ key pairs"),
@@ -67,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(overrides)
     except Exception as exc:  # hydra/omegaconf errors name the bad key; the traceback does not help
-        print(f"pushcut {name}: bad config: {exc}", file=sys.stderr)
+        cause = str(exc.__cause__).split("\n")[0] if exc.__cause__ else ""
+        text = " ".join(f"{exc} {cause}".split())     # one line, with what hydra found
+        print(f"pushcut {name}: bad config: {text}", file=sys.stderr)
         return 2
     if show_cfg:
         print(to_yaml(cfg))
         return 0
+    from deploy.checks import problems
+    bad = problems(cfg, name)    # before anything starts: one line per bad setting, exit 2
+    if bad:
+        print("\n".join(f"pushcut {name}: {line}" for line in bad), file=sys.stderr)
+        return 2
     func = _resolve(COMMANDS[name][0])
     # commands that start other pushcut processes forward the same overrides to them
     extra = {"overrides": overrides} if "overrides" in inspect.signature(func).parameters else {}

@@ -18,11 +18,23 @@ missing). Every child gets the same settings: the fields of this config that dif
 defaults are passed on as overrides, plus the run's paths and the actors' addresses (derived
 from ``store.ingest_address`` and the ``learner.*_address`` fields; see deploy/roles.py).
 The actors send their heartbeats to the learner and to this process, whose status shows
-their versions and env steps/s (deploy/run_status.py). Each child runs under a
-:class:`~deploy.supervisor.ProcessSupervisor` (no restarts) in its own process group, so
-Ctrl-C reaches only this process, which then stops them in order: actors (SIGTERM: finished
-groups are flushed), learner (SIGTERM: final checkpoint), store. The run ends when the
-learner stops (``learner.max_versions``) or a child fails.
+their versions and env steps/s (deploy/run_status.py). The configuration is checked before
+anything starts (deploy/checks.py, from deploy/cli.py); ``store.path`` and
+``learner.checkpoint_dir`` are the run's own (``<run_dir>/store``, ``<run_dir>/checkpoints``),
+so other values are refused there rather than silently ignored.
+
+Supervision: each child runs under a :class:`~deploy.supervisor.ProcessSupervisor` in its own
+process group with :data:`RESTART_POLICY`. A child that dies is restarted after a backoff: an
+actor resumes generating (the learner's current weights first), a store reopens its LMDB and
+the actors resend what it had not acknowledged, a learner resumes from its newest checkpoint,
+an evaluator picks up the snapshots not yet evaluated. Every restart is printed and counted
+in the status (``restarts`` in ``run.jsonl``). The run ends when the learner finishes
+(``learner.max_versions``, ``learner.max_wall_s``), when a child has no restart left, when
+every actor finished (``actor.max_groups``) or on Ctrl-C / SIGTERM, which reach only this
+process; it then stops the children in order: actors (SIGTERM: finished groups are flushed),
+learner (SIGTERM: final checkpoint), store. Exit status 0 when no child failed for good and
+the learner stopped cleanly, else 1, after naming each failed child, its exit status and the
+last lines of its log; 2 for a bad configuration.
 """
 from __future__ import annotations
 
@@ -105,11 +117,21 @@ def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_di
 
 
 # ---------------------------------------------------------------- the run
+# Restart policy of every child: up to RESTARTS_IN_A_ROW restarts, each after a backoff that
+# doubles from BACKOFF_S up to MAX_BACKOFF_S; a child that ran HEALTHY_AFTER_S before it died
+# starts a new row. A crash loop gives up in about a minute; occasional deaths never do.
+RESTART_POLICY = dict(max_restarts=5, backoff_s=1.0, max_backoff_s=30.0, healthy_after_s=120.0)
+# services that never stop by themselves: restarted even when they exit 0
+SERVICES = ("store", "evaluator")
+
+
 def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint: str,
                    status_heartbeats: str, children: dict[str, ProcessSupervisor]) -> None:
     """Into ``children`` (so that the caller can stop what started if this fails): store
     (unless the learner hosts it), learner, then the actors, which send their heartbeats to
-    the learner and to ``status_heartbeats``."""
+    the learner and to ``status_heartbeats``; then the evaluator if there is one. Each runs
+    under a supervisor with :data:`RESTART_POLICY`. With ``actor.ack_log=FILE`` actor-i
+    appends to ``FILE.actor-i`` (one file per process: a SIGKILL never tears another's line)."""
     per_role = merge(local_addresses(cfg, status_heartbeats), run_paths(run_dir, checkpoint))
     commands = role_commands(cfg, config_overrides(cfg), per_role, range(cfg.num_actors))
     if cfg.run.eval_episodes > 0 and cfg.learner.snapshot_every > 0:
@@ -118,8 +140,10 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
             override("eval.episodes_per_task", cfg.run.eval_episodes),
             override("eval.videos_per_task", 0)])
     for name, command in commands.items():
-        # no restarts: a child that exits ends the run
-        child = children[name] = role_process(name, command, log_dir, max_restarts=0).start()
+        if command.role == "actor" and cfg.actor.ack_log:
+            command.overrides.append(override("actor.ack_log", f"{cfg.actor.ack_log}.{name}"))
+        child = children[name] = role_process(name, command, log_dir, **RESTART_POLICY,
+                                              restart_clean_exit=name in SERVICES).start()
         if name == "store":
             wait_for(lambda: (run_dir / "store" / "data.mdb").exists() or not child.alive,
                      120, "the store to create its LMDB")
@@ -133,24 +157,76 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)   # polling interval of the condition above
 
 
-def stop_children(children: dict[str, ProcessSupervisor]) -> dict[str, int | None]:
-    """Actors first (their finished groups still reach the store), then learner, store."""
+def stop_children(children: dict[str, ProcessSupervisor],
+                  actor_timeout_s: float = 60.0) -> dict[str, int | None]:
+    """Actors and evaluator first, all at once (their finished groups still reach the
+    store; SIGKILL after ``actor_timeout_s``), then learner, store. -> name -> exit status."""
     servers = [n for n in ("learner", "store") if n in children]
-    order = [n for n in children if n not in servers] + servers
-    return {n: children[n].stop(timeout_s=120 if n == "learner" else 60) for n in order}
+    first = [n for n in children if n not in servers]
+    for name in first:
+        children[name].request_stop()
+    exits = {n: children[n].stop(timeout_s=actor_timeout_s) for n in first}
+    return {**exits, **{n: children[n].stop(timeout_s=120 if n == "learner" else 60)
+                        for n in servers}}
+
+
+def describe_exit(code: int | None) -> str:
+    """An exit status as a person reads it: 1, -9 (SIGKILL), or 'none' (still running)."""
+    if code is None:
+        return "none"
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+def poll_children(children: dict[str, ProcessSupervisor], seen: dict[str, tuple[int, int]]
+                  ) -> list[str]:
+    """Let every supervisor restart its child when due. ``seen``: name -> (exits, restarts)
+    already reported, updated here. -> one line per new death or restart."""
+    notes = []
+    for name, child in children.items():
+        child.poll()
+        exits, restarts = seen.get(name, (0, 0))
+        for code in child.exits[exits:]:
+            then = ("no restart left" if child.gave_up else
+                    f"restart {child.in_a_row + 1} of {child.max_restarts} in a row in "
+                    f"{child.next_backoff_s():.0f}s")
+            notes.append(f"{name} exited with {describe_exit(code)}; {then}")
+        if child.restarts > restarts:
+            notes.append(f"{name} restarted (pid {child.pid}, {child.restarts} restart(s))")
+        seen[name] = (len(child.exits), child.restarts)
+    return notes
+
+
+def run_over(children: dict[str, ProcessSupervisor]) -> str | None:
+    """Why the run is over, or None while it goes on: the learner finished (exited 0), a
+    child has no restart left, or every actor finished (``actor.max_groups``)."""
+    if children["learner"].state == "finished":
+        return "learner finished"
+    failed = [n for n, c in children.items() if c.gave_up]
+    if failed:
+        return f"{failed[0]} failed"
+    actors = [c for n, c in children.items() if n.startswith("actor-")]
+    if actors and all(c.state == "finished" for c in actors):
+        return "actors finished"
+    return None
 
 
 def supervise(children: dict[str, ProcessSupervisor], board: StatusBoard, run_dir: Path,
               stop: threading.Event, console: Console) -> str:
-    """Show the status until the learner exits, a child fails or we are told to stop.
-    -> why the run ended."""
-    learner = children["learner"]
+    """Restart children that die, show the status (also into ``run.jsonl``) until
+    :func:`run_over` says the run is over or we are told to stop. -> why the run ended."""
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
-    next_plain = 0.0
-    reason = "interrupted"
+    next_plain, seen = 0.0, {}
     with open(run_dir / "run.jsonl", "a") as status_log, (live or nullcontext()):
         while not stop.wait(STATUS_EVERY_S):
-            figures = board.figures({n: c.alive for n, c in children.items()})
+            for note in poll_children(children, seen):
+                console.print(f"[bold]pushcut run[/]: {note}", soft_wrap=True)
+            figures = board.figures({n: c.state for n, c in children.items()},
+                                    {n: c.restarts for n, c in children.items()})
             status_log.write(json.dumps({"time": time.time(), **figures}) + "\n")
             status_log.flush()
             if live is not None:
@@ -158,14 +234,32 @@ def supervise(children: dict[str, ProcessSupervisor], board: StatusBoard, run_di
             elif time.monotonic() >= next_plain:
                 next_plain = time.monotonic() + PLAIN_STATUS_EVERY_S
                 console.print(one_line(figures), soft_wrap=True)
-            if not learner.alive:
-                reason = "learner finished" if learner.returncode == 0 else "learner failed"
-                break
-            dead = [n for n, c in children.items() if not c.alive]
-            if dead:
-                reason = f"{dead[0]} exited with {children[dead[0]].returncode}"
-                break
-    return reason
+            reason = run_over(children)
+            if reason:
+                return reason
+    return "interrupted"
+
+
+def report_failures(children: dict[str, ProcessSupervisor], exits: dict[str, int | None],
+                    console: Console, lines: int = 20) -> list[str]:
+    """Print, for every child that failed for good (no restart left) and for a learner that
+    did not stop cleanly, its name, exit status and the last ``lines`` lines of its log.
+    -> the names of the failed children."""
+    failed = [n for n, c in children.items() if c.gave_up]
+    learner = "learner" if exits.get("learner") not in (0, None) else None
+    for name in dict.fromkeys([*failed, *([learner] if learner else [])]):
+        child = children[name]
+        code = child.exits[-1] if child.gave_up and child.exits else exits.get(name)
+        what = (f"failed: exit {describe_exit(code)}, no restart left after "
+                f"{child.restarts} restart(s)" if child.gave_up else
+                f"did not stop cleanly: exit {describe_exit(code)}")
+        tail = child.tail_lines(lines)
+        console.print(f"[red]pushcut run: {name} {what}[/]; " + (
+            f"last {len(tail)} line(s) of {child.log_path}:" if tail else
+            f"{child.log_path} is empty"), soft_wrap=True)
+        for line in tail:
+            console.print(f"  {name}| {line}", markup=False, highlight=False, soft_wrap=True)
+    return failed
 
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
@@ -198,17 +292,16 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         start_children(cfg, run_dir, log_dir, checkpoint, board.heartbeats.address, children)
         reason = supervise(children, board, run_dir, stop, console)
     finally:
-        exits = stop_children(children)
-        figures = board.figures({n: False for n in children})
+        # the actors flush for actor.flush_timeout_s; one stuck on a dead store is killed
+        exits = stop_children(children, actor_timeout_s=cfg.actor.flush_timeout_s + 20)
+        figures = board.figures({n: c.state for n, c in children.items()},
+                                {n: c.restarts for n, c in children.items()})
         board.close()
     console.print(one_line(figures), soft_wrap=True)
-    learner_ok = exits.get("learner") == 0
-    if not learner_ok:
-        learner = children.get("learner")
-        if learner is not None:
-            console.print(f"[red]learner exited with {exits.get('learner')}[/]; last output:\n"
-                          f"{learner.tail()}")
-    print("run stopped: " + json.dumps({"reason": reason, "exits": exits,
-                                        "policy_version": figures["policy_version"],
-                                        "run_dir": str(run_dir)}), flush=True)
-    return 0 if learner_ok else 1
+    failed = report_failures(children, exits, console)
+    ok = not failed and exits.get("learner") == 0
+    print("run stopped: " + json.dumps({
+        "reason": reason, "exits": exits, "failed": failed,
+        "restarts": {n: c.restarts for n, c in children.items()},
+        "policy_version": figures["policy_version"], "run_dir": str(run_dir)}), flush=True)
+    return 0 if ok else 1

@@ -2,12 +2,12 @@
 the files, processes and messages it already has.
 
 In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
-read-only in this process once it exists), the children's liveness, and the actors'
-heartbeats (each actor sends them to the learner and to this process's
+read-only in this process once it exists), the children's states and restart counts, and
+the actors' heartbeats (each actor sends them to the learner and to this process's
 :class:`~common.transport.heartbeats.HealthMonitor`: its version, env steps/s). Out: a rich
 table (version, env steps/s, actor versions, learner steps/s, success rate, staleness, queue
-depth, filter drops, processes) for ``rich.live.Live``, a one-line form for logs that are not
-a terminal, and the same figures as a dict for ``<run_dir>/run.jsonl``.
+depth, filter drops, processes, restarts) for ``rich.live.Live``, a one-line form for logs
+that are not a terminal, and the same figures as a dict for ``<run_dir>/run.jsonl``.
 """
 from __future__ import annotations
 
@@ -143,7 +143,11 @@ class StatusBoard:
         except Exception:   # the store is being resized or restarted: next refresh
             return None
 
-    def figures(self, children: dict[str, bool]) -> dict[str, Any]:
+    def figures(self, children: dict[str, bool | str],
+                restarts: dict[str, int] | None = None) -> dict[str, Any]:
+        """One refresh. ``children``: name -> alive (bool) or a supervisor state
+        (``running``, ``restarting``, ``failed``, ...); ``restarts``: name -> restarts so far.
+        -> the figures (JSON-able; ``restarts`` holds only children restarted at least once)."""
         self.learner_log.refresh()
         u = self.learner_log.last_update or {}
         start = self.learner_log.last_start or {}
@@ -169,8 +173,9 @@ class StatusBoard:
             "queue_groups": store.get("complete_groups"),
             "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
             "dropped": drops, "actors_live": live,
-            "children": {name: ("running" if alive else "exited")
-                         for name, alive in children.items()},
+            "children": {name: state if isinstance(state, str) else
+                         ("running" if state else "exited") for name, state in children.items()},
+            "restarts": {name: n for name, n in (restarts or {}).items() if n},
         }
 
     def close(self) -> None:
@@ -206,6 +211,7 @@ def render(f: dict[str, Any]) -> Table:
         ("queue (complete groups)", _fmt(f["queue_groups"])),
         ("filter kept / dropped", f"{_fmt(f['kept'])} / {drops}"),
         ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
+        ("restarts", restarts_text(f, ", ", " ") or "none"),
     ]
     hint = stall_hint(f)
     if hint:
@@ -229,6 +235,11 @@ def stall_hint(f: dict[str, Any]) -> str | None:
             "too weak for GRPO; train SFT longer (sft.steps) or lower algo.temperature")
 
 
+def restarts_text(f: dict[str, Any], sep: str = ",", eq: str = "=") -> str:
+    """'actor-0=2,store=1' (or with other separators); '' when nothing was restarted."""
+    return sep.join(f"{k}{eq}{v}" for k, v in sorted((f.get("restarts") or {}).items()))
+
+
 def one_line(f: dict[str, Any]) -> str:
     drops = ",".join(f"{k}={v}" for k, v in sorted(f["dropped"].items())) or "0"
     running = sum(v == "running" for v in f["children"].values())
@@ -240,4 +251,5 @@ def one_line(f: dict[str, Any]) -> str:
             f"{_fmt(f['success_rate'], '.2f')} | staleness {_fmt(f['staleness_mean'], '.2f')}/"
             f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
             f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"
+            + (f" | restarts {restarts_text(f)}" if f.get("restarts") else "")
             + (f" | {hint}" if hint else ""))

@@ -6,9 +6,17 @@ output appended to the log, restarted with a backoff when it dies unexpectedly (
 ``max_restarts=0``), and a status dict (pid, restarts, last exit code). A restarted actor
 resyncs by itself: on start it fetches the learner's current policy_version before generating.
 
-The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run_local`, no restarts),
-``pushcut soak``, the Ray launcher (:mod:`deploy.ray_launch`, one supervisor per role inside
-a Ray actor) and the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
+Restart policy: ``max_restarts`` restarts in a row (None: unlimited); with ``healthy_after_s``
+a child that ran at least that long before dying starts a new row, so a long run survives
+occasional deaths while a crash loop gives up (:attr:`ProcessSupervisor.gave_up`). The wait
+before a restart is ``backoff_s``, doubled for every restart in the row up to
+``max_backoff_s`` (None: always ``backoff_s``). Once a death is seen, whatever is left of the
+dead child's process group (env workers, FSDP ranks) is killed, so two copies never run at
+once.
+
+The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run_local`), ``pushcut
+soak``, the Ray launcher (:mod:`deploy.ray_launch`, one supervisor per role inside a Ray
+actor) and the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
 
 :meth:`ProcessSupervisor.stop` sends SIGTERM to the child alone (each role shuts its own
 workers down: an actor flushes its finished groups, the learner saves a final checkpoint),
@@ -85,26 +93,34 @@ class SupervisorStatus:
 class ProcessSupervisor:
     """One child process; :meth:`poll` restarts it if it died while it should be running.
 
-    ``max_restarts``: None = unlimited. A child that exits 0 (it finished, e.g. an actor with
-    ``actor.max_groups``) is not restarted. ``die_with_parent``/``pid_file``: see the module
-    docstring; use them when the supervisor may be killed without running :meth:`stop`.
+    ``max_restarts``: restarts in a row, None = unlimited. A child that exits 0 (it finished,
+    e.g. an actor with ``actor.max_groups``) is not restarted unless ``restart_clean_exit``
+    (a service that should never stop by itself). ``healthy_after_s``, ``max_backoff_s``:
+    see the module docstring. ``die_with_parent``/``pid_file``: see the module docstring;
+    use them when the supervisor may be killed without running :meth:`stop`.
     """
 
     def __init__(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None,
                  log_path: Optional[str] = None, max_restarts: Optional[int] = None,
                  backoff_s: float = 1.0, cwd: Optional[str] = None,
-                 die_with_parent: bool = False, pid_file: Optional[str] = None):
+                 die_with_parent: bool = False, pid_file: Optional[str] = None,
+                 max_backoff_s: Optional[float] = None,
+                 healthy_after_s: Optional[float] = None, restart_clean_exit: bool = False):
         self.name, self.argv, self.cwd = name, list(argv), cwd
         self.pid_file = pid_file
         self._preexec = _parent_death_signal(signal.SIGTERM) if die_with_parent else None
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.max_restarts, self.backoff_s = max_restarts, backoff_s
-        self.restarts = 0
+        self.max_backoff_s, self.healthy_after_s = max_backoff_s, healthy_after_s
+        self.restart_clean_exit = restart_clean_exit
+        self.restarts = 0          # all restarts so far
+        self.in_a_row = 0          # restarts since the child last ran healthy_after_s
+        self.gave_up = False       # died with no restart left
         self.exits: list[int] = []
         self.proc: Optional[subprocess.Popen] = None
         self.started_at = 0.0
-        self._stopping = False
+        self._stopping = self._death_seen = self._term_sent = False
         self._restart_due: Optional[float] = None
 
     def start(self) -> "ProcessSupervisor":
@@ -125,7 +141,7 @@ class ProcessSupervisor:
             created = psutil.Process(self.proc.pid).create_time()
             Path(self.pid_file).write_text(f"{self.proc.pid} {created}\n")
         self.started_at = time.time()
-        self._stopping = False
+        self._stopping = self._death_seen = self.gave_up = self._term_sent = False
         return self
 
     @property
@@ -153,33 +169,87 @@ class ProcessSupervisor:
         """Restart the child if it died unexpectedly (after the backoff). -> alive now."""
         if self.proc is None or self._stopping or self.alive:
             return self.alive
-        code = self.proc.returncode
-        if code == 0:
-            return False
-        if self._restart_due is None:
-            self.exits.append(code)
-            self._restart_due = time.monotonic() + self.backoff_s
-        if time.monotonic() < self._restart_due:
-            return False
-        if self.max_restarts is not None and self.restarts >= self.max_restarts:
+        if not self._death_seen:
+            self._on_death(self.proc.returncode)
+        if self._restart_due is None or time.monotonic() < self._restart_due:
             return False
         self._restart_due = None
         self.restarts += 1
+        self.in_a_row += 1
         self.start()
         return True
+
+    def _on_death(self, code: int) -> None:
+        """Once per death, as soon as it is seen: kill what is left of the child's process
+        group (its id is still its own), record the exit, give up or schedule the restart."""
+        self._death_seen = True
+        self._kill_group()
+        if code == 0 and not self.restart_clean_exit:
+            return                                   # it finished
+        self.exits.append(code)
+        if self.healthy_after_s is not None and \
+                time.time() - self.started_at >= self.healthy_after_s:
+            self.in_a_row = 0
+        if self.max_restarts is not None and self.in_a_row >= self.max_restarts:
+            self.gave_up = True
+            return
+        self._restart_due = time.monotonic() + self.next_backoff_s()
+
+    def next_backoff_s(self) -> float:
+        """The wait before the next restart: ``backoff_s`` doubled per restart in a row, up to
+        ``max_backoff_s`` (constant without it)."""
+        if self.max_backoff_s is None:
+            return self.backoff_s
+        return min(self.backoff_s * 2 ** self.in_a_row, self.max_backoff_s)
+
+    @property
+    def restarting(self) -> bool:
+        """Dead, with a restart scheduled (waiting out the backoff)."""
+        return self._restart_due is not None and not self.alive and not self._stopping
+
+    @property
+    def state(self) -> str:
+        """running | restarting | finished (exited 0) | failed (no restart left) | stopped |
+        exited (dead, not yet polled) | new."""
+        if self.proc is None:
+            return "new"
+        if self.alive:
+            return "running"
+        if self.gave_up:
+            return "failed"
+        if self._stopping:
+            return "stopped"
+        if self._restart_due is not None:
+            return "restarting"
+        if self._death_seen and self.proc.returncode == 0:
+            return "finished"
+        return "exited"
+
+    def tail_lines(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the log ([] without one)."""
+        return self.tail(max(2000, 200 * lines)).splitlines()[-lines:]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the child only (chaos tests); the supervisor will restart it."""
         if self.alive:
             os.kill(self.proc.pid, sig)
 
-    def stop(self, timeout_s: float = 30.0) -> Optional[int]:
-        """SIGTERM the child, SIGKILL its process group after ``timeout_s`` (and whatever of
-        the group is left once the child exited). -> exit code."""
+    def request_stop(self) -> None:
+        """No more restarts, and SIGTERM the child (once: a role takes a second signal as
+        "hurry"); returns at once, so that several children stop at the same time.
+        :meth:`stop` then waits."""
         self._stopping = True
+        if self.alive and not self._term_sent:
+            self.proc.send_signal(signal.SIGTERM)
+            self._term_sent = True
+
+    def stop(self, timeout_s: float = 30.0) -> Optional[int]:
+        """SIGTERM the child (unless :meth:`request_stop` did), SIGKILL its process group
+        after ``timeout_s`` (and whatever of the group is left once the child exited).
+        -> exit code."""
+        self.request_stop()
         if not self.alive:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

@@ -1,14 +1,24 @@
-"""Chaos: actors SIGKILLed at random while the system runs, each restarted by its supervisor.
+"""Chaos: actors SIGKILLed at random while the system runs, each restarted by its supervisor;
+and ``pushcut run`` itself with its actors SIGKILLed at random, its store once and its learner
+once, each restarted by the run (tiny tabletop settings, micro model).
 
-What must hold (issue 9): no acknowledged trajectory is lost, no group is consumed twice,
-the learner keeps advancing versions, and a restarted actor generates with the version that
-was current when it came back.
+What must hold: no acknowledged trajectory is lost, no group is consumed twice, the learner
+keeps advancing versions, and a restarted actor generates with the version that was current
+when it came back; under ``pushcut run`` also: the learner resumes from its newest checkpoint,
+every restart is counted in the run's status, and the run still stops cleanly (exit 0).
 """
 import bisect
+import json
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from common.metrics import read_jsonl
@@ -121,3 +131,123 @@ def _all(tmp: Path):
     with TrajectoryStore(str(tmp / "store"), readonly=True) as store:
         return [t for g in store.complete_groups(include_consumed=True)
                 for t in store.read_group(g.group_id)]
+
+
+# ---------------------------------------------------------------- pushcut run, killed from outside
+def run_children(run: subprocess.Popen) -> dict[str, psutil.Process]:
+    """The live role processes of a ``pushcut run``: name (store, learner, actor-<i>) -> process."""
+    found = {}
+    for child in psutil.Process(run.pid).children():
+        try:
+            argv = child.cmdline()
+            if child.status() == psutil.STATUS_ZOMBIE or argv[1:3] != ["-m", "deploy.cli"]:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        actor = [a.split("=", 1)[1].strip("'") for a in argv if "actor.actor_id=" in a]
+        found[actor[-1] if argv[3] == "actor" and actor else argv[3]] = child
+    return found
+
+
+def sigkill(run: subprocess.Popen, name: str) -> None:
+    """SIGKILL one child of the run once it runs (psutil checks the pid is still that
+    child's); returns once it is dead."""
+    child = wait_until(lambda: run_children(run).get(name), 120, f"{name} to run", run)
+    child.send_signal(signal.SIGKILL)
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 30,
+               f"{name} to die")
+
+
+def starts(run_dir: Path) -> list[int]:
+    path = run_dir / "learner.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    return [r["policy_version"] for r in rows if r.get("event") == "start"]
+
+
+def actor_restarts(run_dir: Path) -> int:
+    """The actors' restarts in the run's newest status record."""
+    rows = read_jsonl(run_dir / "run.jsonl")
+    return sum(n for name, n in (rows[-1].get("restarts", {}) if rows else {}).items()
+               if name.startswith("actor-"))
+
+
+def checkpoint_versions(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("version-*"))
+
+
+@pytest.mark.slow
+def test_pushcut_run_survives_its_actors_store_and_learner_killed(tmp_path):
+    from tests.deploy.test_run_local import ROOT, tiny_run_args
+    from tests.learner.helpers import micro_policy
+    policy_dir, run_dir = tmp_path / "policy", tmp_path / "run"
+    micro_policy(0).save_pretrained(str(policy_dir))
+    # tiny tabletop settings; a store that never evicts, so an acknowledged id not in the
+    # store at the end is a loss (the probe env makes trajectories too fast for that)
+    args = tiny_run_args(run_dir, **{
+        "model.checkpoint": policy_dir, "num_actors": NUM_ACTORS, "store.capacity": 200000,
+        "algo.max_staleness": 1000, "actor.resend_after_s": 1.0,
+        "actor.ack_log": tmp_path / "acks", "learner.max_versions": "null",
+        "learner.checkpoint_every": 2, "learner.torch_threads": 1, "learner.poll_s": 0.05})
+    with open(tmp_path / "run.out", "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
+                               env={**os.environ, "WANDB_MODE": "offline"}, stdout=out,
+                               stderr=subprocess.STDOUT)
+    rng, kills = random.Random(0), 0
+    version = lambda: (learner_versions(run_dir) or [(0, 0)])[-1][1]   # noqa: E731
+    try:
+        wait_until(lambda: version() >= 2, 300, "the learner's second version", run)
+        for step in range(6):                  # an actor every 2-4 s; the store, the learner
+            wait_until(lambda t=time.monotonic() + rng.uniform(2, 4): time.monotonic() > t,
+                       10, "the next kill", run)
+            sigkill(run, f"actor-{rng.randrange(NUM_ACTORS)}")
+            kills += 1
+            if step == 1:
+                sigkill(run, "store")
+            if step == 3:
+                sigkill(run, "learner")       # then: its newest checkpoint, its last version
+                before = (checkpoint_versions(run_dir)[-1], version())
+        wait_until(lambda: len(starts(run_dir)) >= 2, 300, "the learner's restart", run)
+        resumed = starts(run_dir)[1]
+        wait_until(lambda: version() >= max(before[1], resumed) + 3, 300,
+                   "3 more versions after every kill", run)
+        wait_until(lambda: actor_restarts(run_dir) >= kills, 120, "every actor back", run)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(240) == 0, (tmp_path / "run.out").read_text()[-4000:]
+    finally:
+        run.kill()
+        run.wait(60)
+    check_run_after_chaos(tmp_path, run_dir, kills, before, resumed)
+
+
+def check_run_after_chaos(tmp: Path, run_dir: Path, kills: int, before: tuple[int, int],
+                          resumed: int) -> None:
+    """What must hold after the chaos (see the module docstring)."""
+    text = (tmp / "run.out").read_text()
+    stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", text, re.M).group(1))
+    assert stopped["failed"] == [] and stopped["exits"]["learner"] == 0, text[-4000:]
+    restarts = stopped["restarts"]
+    assert restarts["store"] >= 1 and restarts["learner"] >= 1
+    assert actor_restarts(run_dir) >= kills
+    # every child stopped cleanly on Ctrl-C (an actor still starting up has no handler yet)
+    assert stopped["exits"]["store"] == 0 and set(stopped["exits"].values()) <= {0, -15}
+    assert read_jsonl(run_dir / "run.jsonl")[-1]["restarts"] == \
+        {name: n for name, n in restarts.items() if n}
+    # the learner resumed at its newest checkpoint and went on version by version
+    checkpoint, reached = before
+    assert resumed == checkpoint and reached - checkpoint <= 2, (before, resumed)
+    rows = [r for r in read_jsonl(run_dir / "learner.jsonl") if r.get("event") == "update"]
+    second = [r["policy_version"] for r in rows if r["time"] > _start_time(run_dir, 1)]
+    assert second[:3] == [resumed + 1, resumed + 2, resumed + 3], second[:5]
+    trained = [g for r in rows for g in r["group_ids"]]
+    assert len(trained) == len(set(trained)), "a group was trained on twice"
+    acked = {line for path in tmp.glob("acks.actor-*")
+             for line in path.read_text().splitlines() if line}
+    assert acked, "no actor saw an acknowledgement"
+    with TrajectoryStore(str(run_dir / "store"), readonly=True) as store:
+        lost = [tid for tid in acked if tid not in store]
+    assert not lost, f"{len(lost)} acknowledged but lost, e.g. {lost[:5]}"
+
+
+def _start_time(run_dir: Path, index: int) -> float:
+    return [r["time"] for r in read_jsonl(run_dir / "learner.jsonl")
+            if r.get("event") == "start"][index]

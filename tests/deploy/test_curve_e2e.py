@@ -4,7 +4,7 @@ Keys come from ``pushcut keys``; only ``actor-good``'s public key is in the auth
 directory. ``actor-bad`` holds a valid key pair that the servers do not list. What must hold
 (issue 9): the accepted actor's trajectories are stored and it receives new weights; the other
 one gets nothing stored, never a version past its start and no heartbeat through, while the
-store and learner keep serving the accepted actor.
+store and learner keep serving the accepted actor; both servers log its refused key.
 """
 import json
 import shutil
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq.auth
 
 from common.metrics import read_jsonl
 from deploy.roles import role_argv
@@ -97,6 +98,14 @@ def test_curve_admits_the_listed_actor_only_and_keeps_serving_it(tmp_path):
     records = [r for r in read_jsonl(tmp_path / "learner.jsonl") if r.get("event") == "update"]
     heard = {r["actors_live"] + r["actors_stalled"] + r["actors_dead"] for r in records}
     assert heard <= {0, 1} and 1 in heard, f"actors heard per update: {sorted(heard)}"
+    # the operator sees the knocking: both servers log actor-bad's refused key (a rich log
+    # line may wrap, so the pieces are looked for separately)
+    bad_key = zmq.auth.load_certificate(str(keys / "actor-bad.key"))[0].decode()
+    good_key = zmq.auth.load_certificate(str(keys / "actor-good.key"))[0].decode()
+    for role in ("store", "learner"):
+        text = (logs / f"{role}.log").read_text(errors="replace")
+        assert "CURVE refused a client from" in text and "unknown_key" in text, role
+        assert bad_key in text and good_key not in text, f"{role} log: {text[-2000:]}"
 
 
 def _stored(tmp: Path) -> list:

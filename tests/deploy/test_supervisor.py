@@ -1,10 +1,13 @@
 """ProcessSupervisor with real child processes: restarts, and no orphans when the supervisor
-itself is SIGKILLed (the Ray worker case): ``die_with_parent`` and ``pid_file``."""
+itself is SIGKILLed (the Ray worker case): ``die_with_parent`` and ``pid_file``; the restart
+policy (restarts in a row, growing backoff, a new row after a healthy run, services restarted
+after a clean exit) and the group of a dead child cleared before its restart."""
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 
@@ -102,5 +105,71 @@ def test_stop_lets_the_child_exit_cleanly_then_clears_its_group(tmp_path):
         assert sup.stop(30) == 0 and sup.returncode == 0     # its SIGTERM handler ran
         wait_until(lambda: gone(grandchild), 30, "the grandchild to be killed with the group")
         assert sup.tail(5) == (line + "\n")[-5:]
+    finally:
+        sup.stop(10)
+
+
+def test_a_crash_loop_gives_up_after_max_restarts_in_a_row_with_growing_backoff(tmp_path):
+    crash = [sys.executable, "-c", "import sys; print('boom', flush=True); sys.exit(3)"]
+    sup = ProcessSupervisor("crash", crash, log_path=str(tmp_path / "crash.log"),
+                            max_restarts=2, backoff_s=0.05, max_backoff_s=0.1).start()
+    backoffs = []
+    try:
+        def gave_up():
+            sup.poll()
+            if sup.restarting and len(backoffs) == sup.restarts:   # the wait before each
+                backoffs.append(sup.next_backoff_s())
+            return sup.gave_up
+        wait_until(gave_up, 60, "the supervisor to give up")
+        assert sup.restarts == 2 and sup.exits == [3, 3, 3] and sup.state == "failed"
+        assert backoffs == [0.05, 0.1]                 # doubled, then capped
+        assert sup.tail_lines(2) == ["boom", "boom"]
+        assert sup.poll() is False and sup.restarts == 2   # no further restart
+    finally:
+        sup.stop(10)
+
+
+def test_a_child_that_ran_long_enough_starts_a_new_row(tmp_path):
+    sup = ProcessSupervisor("idle", IDLE, max_restarts=1, backoff_s=0.05,
+                            healthy_after_s=0.5).start()
+    try:
+        for round_ in range(3):           # three deaths, each after a healthy run
+            wait_until(lambda: time.time() - sup.started_at >= 0.5, 30, "a healthy run")
+            first = sup.pid
+            sup.kill()
+            wait_until(lambda: sup.poll() and sup.pid != first, 30, "a restart")
+            assert sup.in_a_row == 1 and not sup.gave_up
+        assert sup.restarts == 3
+        first = sup.pid
+        sup.kill()                        # at once: a second death in a row
+        wait_until(lambda: not sup.poll() and sup.gave_up, 30, "the supervisor to give up")
+        assert sup.restarts == 3 and sup.state == "failed"
+    finally:
+        sup.stop(10)
+
+
+def test_a_service_is_restarted_after_a_clean_exit_too(tmp_path):
+    marker = tmp_path / "runs"
+    once = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    sup = ProcessSupervisor("svc", once, max_restarts=2, backoff_s=0.05,
+                            restart_clean_exit=True).start()
+    try:
+        wait_until(lambda: not sup.poll() and sup.gave_up, 60, "two restarts, then give up")
+        assert marker.read_text() == "xxx" and sup.exits == [0, 0, 0]
+    finally:
+        sup.stop(10)
+
+
+def test_a_restart_clears_what_the_dead_child_left_in_its_group(tmp_path):
+    sup = ProcessSupervisor("graceful", GRACEFUL, log_path=str(tmp_path / "g.log"),
+                            backoff_s=0.05).start()
+    try:
+        line = wait_until(lambda: sup.tail().strip(), 30, "the child's first line")
+        grandchild = int(line.split()[1])
+        first = sup.pid
+        sup.kill()                        # the child alone: its grandchild lives on ...
+        wait_until(lambda: sup.poll() and sup.pid != first, 30, "a restart")
+        wait_until(lambda: gone(grandchild), 30, "... until its death is seen: group cleared")
+        assert sup.state == "running"
     finally:
         sup.stop(10)
