@@ -11,7 +11,8 @@ positive intervals, the known choices (``mode``, ``learner.backend``, ``actor.po
 ``model.dtype``), the env (``env.name``, its ``suite``, ``layout`` and ``tasks``, the keys of
 ``actor.task_weights``: the lists of actors/envs), the model (``model.checkpoint`` a
 ``save_pretrained`` directory, else a registered ``model.name`` and one of its presets),
-addresses (``tcp://host:port`` or ``ipc://path``), and a writable ``run_dir``.
+addresses (``tcp://host:port`` or ``ipc://path``), a writable ``run_dir``, and
+``placement.*`` cores that exist here.
 
 ``pushcut run`` (and ``experiment``, which runs it) keeps its store and checkpoints under
 ``run_dir``: a ``store.path`` or ``learner.checkpoint_dir`` other than the default (or the
@@ -264,6 +265,20 @@ def model_presets(name: str) -> Optional[list[str]]:
     return None
 
 
+def check_placement(cfg: PushcutConfig) -> list[str]:
+    """placement.* lists of cores that exist on this machine (the launcher pins roles
+    here; on a Ray cluster each node's own cores)."""
+    import os
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    out = []
+    for role in ("learner", "actors", "store", "evaluator"):
+        value = get(cfg, f"placement.{role}")
+        bad = [c for c in value if not isinstance(c, int) or c not in cores]
+        if bad:
+            out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
+    return out
+
+
 def _sections(*names: str) -> Callable[[PushcutConfig], list[str]]:
     return lambda cfg: [p for n in names for p in check_numbers(cfg, n)]
 
@@ -277,10 +292,11 @@ CHECKS: dict[str, list[Callable[[PushcutConfig], list[str]]]] = {
               lambda c: check_addresses(c, (*DIALS, "actor.heartbeat_address"), bind=False)],
     "learner": [check_algo, _sections("learner", "store", "model"), check_run_dir,
                 lambda c: check_addresses(c, SERVERS, bind=True, any_port=True)],
-    "run": [*_ROLES, _sections("model", "eval", "demos", "sft"), check_run, check_run_dir],
+    "run": [*_ROLES, _sections("model", "eval", "demos", "sft"), check_run, check_run_dir,
+            check_placement],
     "experiment": [*_ROLES, _sections("model", "eval", "demos", "sft"), check_run,
                    check_run_dir],
-    "soak": [*_ROLES, _sections("run", "model"), check_run_dir,
+    "soak": [*_ROLES, _sections("run", "model"), check_run_dir, check_placement,
              lambda c: check_addresses(c, SERVERS, bind=True)],
     "deploy": [*_ROLES, _sections("model"), check_run_dir],
     "demos": [check_env, _sections("demos", "model")],

@@ -158,6 +158,7 @@ def role_argv(role: str, overrides: list[str]) -> list[str]:
 class RoleCommand(NamedTuple):
     role: str
     overrides: list[str]
+    cpus: tuple[int, ...] = ()   # placement: cores the process may run on (empty = any)
 
     def argv(self) -> list[str]:
         """Evaluated where the process starts (a Ray node's interpreter)."""
@@ -169,19 +170,31 @@ def role_commands(cfg: PushcutConfig, common: list[str], per_role: dict[str, lis
     """name -> command, in start order: the store (unless the learner hosts it), the learner,
     then ``actor-<i>`` for each index in ``actors``."""
     out = {}
+    place = cfg.placement
     if servers and not cfg.learner.host_store:
-        out["store"] = RoleCommand("store", [*common, *per_role.get("store", [])])
+        out["store"] = RoleCommand("store", [*common, *per_role.get("store", [])],
+                                   tuple(place.store))
     if servers:
-        out["learner"] = RoleCommand("learner", [*common, *per_role.get("learner", [])])
+        # a learner hosting the store gives it its own cores too
+        cores = place.learner + (place.store if cfg.learner.host_store else [])
+        out["learner"] = RoleCommand("learner", [*common, *per_role.get("learner", [])],
+                                     tuple(dict.fromkeys(cores)))
     for i in actors:
         out[actor_name(i)] = RoleCommand("actor", [*common, *per_role.get("actor", []),
-                                                   *actor_overrides(cfg, i)])
+                                                   *actor_overrides(cfg, i)], tuple(place.actors))
     return out
+
+
+def placement_text(commands: dict[str, RoleCommand]) -> str:
+    """'learner cpus 0, actor-0 cpus 1, ...' (roles left on every core are not named)."""
+    return ", ".join(f"{n} cpus {','.join(map(str, c.cpus))}" for n, c in commands.items()
+                     if c.cpus) or "every role on every core"
 
 
 def role_process(name: str, command: RoleCommand, log_dir: str | Path,
                  env: Optional[dict[str, str]] = None, **options: Any) -> ProcessSupervisor:
-    """``command`` under a (not yet started) supervisor, its output in
+    """``command`` under a (not yet started) supervisor pinned to its cores, its output in
     ``<log_dir>/<name>.log``; ``options`` go to :class:`ProcessSupervisor`."""
     return ProcessSupervisor(name, command.argv(), env={**ROLE_ENV, **(env or {})},
-                             log_path=str(Path(log_dir) / f"{name}.log"), **options)
+                             log_path=str(Path(log_dir) / f"{name}.log"), cpus=command.cpus,
+                             **options)

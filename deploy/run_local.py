@@ -138,7 +138,7 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
         commands["evaluator"] = RoleCommand("evaluator", [
             *config_overrides(cfg), override("run_dir", str(run_dir)),
             override("eval.episodes_per_task", cfg.run.eval_episodes),
-            override("eval.videos_per_task", 0)])
+            override("eval.videos_per_task", 0)], tuple(cfg.placement.evaluator))
     for name, command in commands.items():
         if command.role == "actor" and cfg.actor.ack_log:
             command.overrides.append(override("actor.ack_log", f"{cfg.actor.ack_log}.{name}"))
@@ -290,6 +290,7 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     children: dict[str, ProcessSupervisor] = {}
     try:
         start_children(cfg, run_dir, log_dir, checkpoint, board.heartbeats.address, children)
+        board.placement = {n: list(c.cpus) for n, c in children.items() if c.cpus}
         reason = supervise(children, board, run_dir, stop, console)
     finally:
         # the actors flush for actor.flush_timeout_s; one stuck on a dead store is killed

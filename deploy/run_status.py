@@ -129,6 +129,7 @@ class StatusBoard:
         self.store_path = store_path
         self.run_dir = run_dir
         self.mode = mode
+        self.placement: dict[str, list[int]] = {}   # role -> cores it is pinned to
         self.started = time.monotonic()
         self._store = None
 
@@ -164,6 +165,7 @@ class StatusBoard:
             env_rate = env_rate if rate is None else rate
         return {
             "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
+            "placement": self.placement,
             "policy_version": u.get("policy_version", start.get("policy_version")),
             "env_steps_per_s": env_rate, "actor_versions": actor_versions,
             "learner_steps_per_s": u.get("learner_steps_per_s"),
@@ -213,6 +215,9 @@ def render(f: dict[str, Any]) -> Table:
         ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
         ("restarts", restarts_text(f, ", ", " ") or "none"),
     ]
+    if f.get("placement"):
+        rows.append(("placement (cpus)", ", ".join(
+            f"{n} {','.join(map(str, c))}" for n, c in f["placement"].items())))
     hint = stall_hint(f)
     if hint:
         rows.append(("hint", hint))

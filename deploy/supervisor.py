@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import psutil
 
@@ -54,6 +54,21 @@ def _parent_death_signal(sig: int) -> Optional[Callable[[], None]]:
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _child_setup(death_signal: Optional[Callable[[], None]], cpus: tuple[int, ...]
+                 ) -> Optional[Callable[[], None]]:
+    """The preexec_fn of a child: the parent-death signal and the CPU affinity (set before
+    exec, so every thread and process the child starts inherits it)."""
+    if death_signal is None and not cpus:
+        return None
+
+    def setup() -> None:
+        if death_signal is not None:
+            death_signal()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    return setup
 
 
 def reap_stale(pid_file: str, timeout_s: float = 30.0) -> Optional[int]:
@@ -97,7 +112,8 @@ class ProcessSupervisor:
     e.g. an actor with ``actor.max_groups``) is not restarted unless ``restart_clean_exit``
     (a service that should never stop by itself). ``healthy_after_s``, ``max_backoff_s``:
     see the module docstring. ``die_with_parent``/``pid_file``: see the module docstring;
-    use them when the supervisor may be killed without running :meth:`stop`.
+    use them when the supervisor may be killed without running :meth:`stop`. ``cpus``: the
+    cores the child (and all it starts) may run on; empty = any.
     """
 
     def __init__(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None,
@@ -105,10 +121,13 @@ class ProcessSupervisor:
                  backoff_s: float = 1.0, cwd: Optional[str] = None,
                  die_with_parent: bool = False, pid_file: Optional[str] = None,
                  max_backoff_s: Optional[float] = None,
-                 healthy_after_s: Optional[float] = None, restart_clean_exit: bool = False):
+                 healthy_after_s: Optional[float] = None, restart_clean_exit: bool = False,
+                 cpus: Sequence[int] = ()):
         self.name, self.argv, self.cwd = name, list(argv), cwd
         self.pid_file = pid_file
-        self._preexec = _parent_death_signal(signal.SIGTERM) if die_with_parent else None
+        self.cpus = tuple(cpus)
+        self._preexec = _child_setup(
+            _parent_death_signal(signal.SIGTERM) if die_with_parent else None, self.cpus)
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.max_restarts, self.backoff_s = max_restarts, backoff_s

@@ -15,6 +15,7 @@ from common.config.commands import BenchConfig, DemosConfig, EvalConfig, RunConf
 __all__ = [
     "EnvConfig", "ModelConfig", "AlgoConfig", "StoreConfig", "ActorConfig", "LearnerConfig",
     "DemosConfig", "SftConfig", "EvalConfig", "BenchConfig", "RunConfig", "DeployConfig",
+    "PlacementConfig",
     "PushcutConfig",
     "LOCAL_HOST", "STORE_PORT", "WEIGHTS_PORT", "ANNOUNCE_PORT", "HEARTBEAT_PORT",
     "tcp_address", "STORE_ADDRESS", "WEIGHTS_ADDRESS", "ANNOUNCE_ADDRESS", "HEARTBEAT_ADDRESS",
@@ -310,6 +311,23 @@ class DeployConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Which CPU cores each role's processes may run on (Linux affinity, applied by the
+    launchers' supervisor to the role's process and inherited by its threads and children:
+    env workers, learner ranks); an empty list leaves the role on every core. On a Ray
+    cluster the ids are the cores of the node the role lands on. GPUs: ``actor.device``,
+    ``learner.device``."""
+    learner: list[int] = field(default_factory=list)
+    """cores of the learner (all its ranks)"""
+    actors: list[int] = field(default_factory=list)
+    """cores of every actor and its env workers"""
+    store: list[int] = field(default_factory=list)
+    """cores of the store"""
+    evaluator: list[int] = field(default_factory=list)
+    """cores of ``pushcut run``'s snapshot evaluator"""
+
+
+@dataclass
 class PushcutConfig:
     """Root config. ``mode``: async (default) or sync (the paper's lock-step schedule)."""
     run_dir: str = "runs/default"
@@ -344,5 +362,7 @@ class PushcutConfig:
     """``pushcut bench``"""
     run: RunConfig = field(default_factory=RunConfig)
     """``pushcut run``"""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    """which cores each role runs on"""
     deploy: DeployConfig = field(default_factory=DeployConfig)
     """``pushcut deploy``"""

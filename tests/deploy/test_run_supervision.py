@@ -23,6 +23,7 @@ from tests.deploy.test_run_local import ROOT, tiny_run_args
 # (overrides, the key the one-line error must name)
 BAD = [
     (["num_actors=0"], "num_actors"),
+    (["placement.learner=[4096]"], "placement.learner"),
     (["actor.num_envs=0"], "actor.num_envs"),
     (["algo.group_size=0"], "algo.group_size"),
     (["algo.group_size=1"], "algo.group_size"),

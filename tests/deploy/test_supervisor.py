@@ -173,3 +173,30 @@ def test_a_restart_clears_what_the_dead_child_left_in_its_group(tmp_path):
         assert sup.state == "running"
     finally:
         sup.stop(10)
+
+
+def test_placement_pins_the_child_and_what_it_starts(tmp_path):
+    import os
+    cores = sorted(os.sched_getaffinity(0))
+    code = ("import os, subprocess, sys; print(sorted(os.sched_getaffinity(0)), flush=True); "
+            "subprocess.run([sys.executable, '-c', "
+            "'import os; print(sorted(os.sched_getaffinity(0)))'])")
+    sup = ProcessSupervisor("pinned", [sys.executable, "-c", code], max_restarts=0,
+                            log_path=str(tmp_path / "pinned.log"), cpus=[cores[-1]]).start()
+    wait_until(lambda: not sup.alive, 30, "the pinned child to finish")
+    assert sup.returncode == 0
+    lines = (tmp_path / "pinned.log").read_text().split()
+    assert lines == [f"[{cores[-1]}]", f"[{cores[-1]}]"]     # the child and its own child
+
+
+def test_role_commands_carry_each_roles_cores():
+    from common.config import load_config
+    from deploy.roles import placement_text, role_commands
+    cfg = load_config(["num_actors=2", "placement.learner=[0]", "placement.actors=[1]"])
+    commands = role_commands(cfg, [], {}, range(2))
+    assert {n: c.cpus for n, c in commands.items()} == {
+        "store": (), "learner": (0,), "actor-0": (1,), "actor-1": (1,)}
+    assert placement_text(commands) == "learner cpus 0, actor-0 cpus 1, actor-1 cpus 1"
+    hosted = load_config(["learner.host_store=true", "placement.learner=[0]",
+                          "placement.store=[1]"])
+    assert role_commands(hosted, [], {}, [])["learner"].cpus == (0, 1)
