@@ -19,7 +19,7 @@ def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, gr
                     policy_version: int = 0, success: bool | None = None,
                     task_id: str = "spatial/0", init_state_id: int = 0,
                     actor_id: str = "synthetic", trajectory_id: str | None = None,
-                    num_bins: int = 256) -> Trajectory:
+                    num_bins: int = 256, temperature: float = 1.6) -> Trajectory:
     T = math.ceil(length / chunk_size)
     K = chunk_size * action_dim
     ramp = np.linspace(0, 255, image_size, dtype=np.float32)
@@ -36,7 +36,7 @@ def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, gr
         instruction="put the red cube on the plate",
         init_state_id=init_state_id, policy_version=policy_version, group_size=group_size,
         success=bool(rng.random() < 0.5) if success is None else success,
-        length=length, temperature=1.6, num_bins=num_bins,
+        length=length, temperature=temperature, num_bins=num_bins,
         images=images,
         proprio=rng.standard_normal((T, proprio_dim)).astype(np.float32),
         actions=rng.uniform(-1, 1, (T, chunk_size, action_dim)).astype(np.float32),

@@ -41,8 +41,6 @@ def nan_log_prob(traj) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
-
-
 class HeldCommits:
     """The store's commit, recording each batch's ids; the batch holding ``hold`` waits for
     :meth:`release`, so that everything sent meanwhile forms the next batch."""
@@ -174,4 +172,29 @@ def test_a_demo_store_takes_expert_groups_but_not_mixed_kinds(tmp_path):
     assert replies["demo"] == [ACK, b"stored"] and replies["s-0"] == [ACK, b"stored"]
     assert replies["s-1"][:2] == [REJECT, b"group_conflict"]
     assert b"expert True" in replies["s-1"][2]
+    store.close()
+
+
+def test_a_burst_of_oversized_timings_maps_is_refused_and_memory_stays_bounded(tmp_path):
+    """200 records whose timings map has 100,000 keys (about 1.8 MB of msgpack each) are
+    all refused as bad_value; the store keeps none of them and this process (the ingest
+    server and the store) grows by far less than the burst's 360 MB."""
+    import psutil
+    store = TrajectoryStore(str(tmp_path / "store"))
+    server = IngestServer("tcp://127.0.0.1:*", store.commit)
+    huge = {f"timing-{i:06d}": 0.0 for i in range(100_000)}
+    rss = psutil.Process().memory_info
+    with serving(server):
+        dealer = Dealer(server.address)
+        payload = mutated(record("burst-0", "b"), timings=huge)
+        before = rss().rss
+        for start in range(0, 200, 20):
+            tids = [f"burst-{i}" for i in range(start, start + 20)]
+            dealer.send([(tid, payload) for tid in tids])
+            replies = dealer.wait(tids, 60)
+            assert all(r[:2] == [REJECT, b"bad_value"] for r in replies.values())
+        grown = rss().rss - before
+        dealer.close()
+    assert len(payload) > 1_000_000 and grown < 100 * 2 ** 20, grown
+    assert store.stats()["trajectories"] == 0
     store.close()
