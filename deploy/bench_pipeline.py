@@ -17,7 +17,9 @@ dict (``bench.out`` writes it as JSON):
 - stages, each in env steps/s: bare env stepping and bare inference of one actor's envs and
   policy (actors/bench/stages.py) x ``num_actors`` (this assumes a core for each actor's
   work: on a small machine the actors share cores and the product overstates the stage),
-  and the bare learner step on one micro-batch (learner/bench/update.py).
+  and one learner update as configured (``GRPO.update`` on a batch of
+  ``algo.groups_per_batch`` groups, with no store, filter or broadcast around it;
+  learner/bench/update.py), with the bare training step beside it for reference.
 
     pushcut bench pipeline bench.seconds=60 num_actors=2 actor.num_envs=8
 """
@@ -239,7 +241,9 @@ def print_figures(f: dict, console: Console) -> None:
     stages.add_column("")
     notes = {"env": f"{s['num_actors']} x one actor's envs",
              "inference": f"{s['num_actors']} x batches of {st['per_actor']['batch']}",
-             "learner": f"bare step, {st['learner']['trajectories']} trajectories"}
+             "learner": f"one update as configured, {st['learner']['trajectories']} "
+                        f"trajectories (bare step: "
+                        f"{st['learner']['bare_env_steps_per_s']:,.0f})"}
     for name, rate in st["env_steps_per_s"].items():
         mark = " (slowest)" if name == st["slowest"] else ""
         stages.add_row(name + mark, f"{rate:,.0f}", notes[name])

@@ -38,12 +38,12 @@ from learner.grpo import GRPO, make_optimizer
 
 
 def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator,
-               length: int | None = None) -> Batch:
-    """``algo.micro_batch_size`` trajectories of ``length`` steps (default ``env.max_steps``,
-    else 120) in groups of ``algo.group_size`` (at least 2), mixed outcomes, tokens and
-    log-probs sampled from ``policy``."""
+               length: int | None = None, trajectories: int | None = None) -> Batch:
+    """``trajectories`` (default ``algo.micro_batch_size``) trajectories of ``length`` steps
+    (default ``env.max_steps``, else 120) in groups of ``algo.group_size`` (at least 2),
+    mixed outcomes, tokens and log-probs sampled from ``policy``."""
     mc = policy.config
-    n = max(2, cfg.algo.micro_batch_size)
+    n = max(2, trajectories or cfg.algo.micro_batch_size)
     size = min(max(2, cfg.algo.group_size), n)
     length = length or cfg.env.max_steps or 120
     groups = []
@@ -82,26 +82,36 @@ def bare_step(policy, batch: Batch, optimizer, device: torch.device | str = "cpu
 
 
 def stage_rate(cfg: PushcutConfig, seconds: float, length: int) -> dict:
-    """The learner's standalone rate for ``pushcut bench pipeline``: the bare training step
-    of ``cfg.model`` on ``learner.device`` (``learner.torch_threads`` on CPU) on one
-    micro-batch of ``algo.micro_batch_size`` synthetic trajectories of ``length`` env steps,
-    for about ``seconds``. -> {"step_s", "trajectories", "env_steps", "env_steps_per_s"}."""
+    """The learner's standalone rate for ``pushcut bench pipeline``: one learner update as
+    configured (``GRPO.update`` with ``cfg.algo``: its proximal pass, mini-batches, epochs,
+    clipping and statistics) on a batch of ``algo.groups_per_batch`` synthetic groups of
+    ``length`` env steps, with no store, filter or weight broadcast around it, on
+    ``learner.device`` (``learner.torch_threads`` on CPU), for about ``seconds``; and the
+    bare training step on one micro-batch for reference. -> {"step_s", "trajectories",
+    "env_steps", "env_steps_per_s", "bare_env_steps_per_s"}."""
     from common.models import build_policy
     threads = torch.get_num_threads()
     if cfg.learner.torch_threads:
         torch.set_num_threads(cfg.learner.torch_threads)
     try:
         torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
         policy = build_policy(cfg.model).eval()
-        batch = make_batch(policy, cfg, np.random.default_rng(cfg.seed), length)
+        n = cfg.algo.groups_per_batch * max(2, cfg.algo.group_size)
+        batch = make_batch(policy, cfg, rng, length, trajectories=n)
+        small = make_batch(policy, cfg, rng, length)
         policy.to(cfg.learner.device)
-        optimizer = make_optimizer(policy.parameters(), cfg.algo)
-        step_s, _ = timed(bare_step(policy, batch, optimizer, cfg.learner.device), seconds)
+        grpo = GRPO(policy, make_optimizer(policy.parameters(), cfg.algo), cfg.algo)
+        step_s, _ = timed(lambda: grpo.update(batch), seconds * 0.75)
+        bare_s, _ = timed(bare_step(policy, small, make_optimizer(policy.parameters(),
+                                                                  cfg.algo),
+                                    cfg.learner.device), seconds * 0.25)
     finally:
         torch.set_num_threads(threads)
     env_steps = batch.num_trajectories * length
     return {"step_s": step_s, "trajectories": batch.num_trajectories, "env_steps": env_steps,
-            "env_steps_per_s": env_steps / step_s}
+            "env_steps_per_s": env_steps / step_s,
+            "bare_env_steps_per_s": small.num_trajectories * length / bare_s}
 
 
 def timed(step, seconds: float) -> tuple[float, int]:
