@@ -171,6 +171,7 @@ def test_actor_double_buffers_only_workers_that_step_in_the_background():
     from types import SimpleNamespace
 
     from actors.actor import double_buffer_for
+    from common.config.schema import ActorConfig
 
     class Background:      # what a subprocess env worker says of itself
         steps_in_background = True
@@ -179,7 +180,7 @@ def test_actor_double_buffers_only_workers_that_step_in_the_background():
     on, off = SimpleNamespace(double_buffer=True), SimpleNamespace(double_buffer=False)
     assert not double_buffer_for(on, in_process)
     assert double_buffer_for(on, [Background(), Background()])
-    assert double_buffer_for(SimpleNamespace(), [Background(), Background()])   # default on
+    assert double_buffer_for(ActorConfig(), [Background(), Background()])    # default on
     assert not double_buffer_for(off, [Background(), Background()])
     assert not double_buffer_for(on, [Background()])            # one env: nothing to overlap
 
