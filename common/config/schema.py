@@ -59,8 +59,9 @@ class EnvConfig:
     """None = the family's / suite's own step limit"""
     num_train_init_states: int = 40
     """training init_state_ids are [0, num_train)"""
-    num_heldout_init_states: int = 50
-    """held-out ids follow, disjoint from training"""
+    num_heldout_init_states: int = 10
+    """held-out ids follow, disjoint from training (the tabletop config sets 50: enough
+    distinct states for +-3 points; a LIBERO task has 50 init states in all)"""
     settle_steps: int = 10
     """LIBERO: no-op steps after reset while objects settle"""
     center_crop: bool = False
