@@ -41,7 +41,7 @@ def fill_store(path: Path, num_groups: int, seed: int = 0) -> list[str]:
 
 def learner_args(tmp: Path, **extra) -> list[str]:
     over = {"run_dir": tmp, "store.path": tmp / "store", "learner.checkpoint_dir": tmp / "ckpt",
-            "model.preset": "micro", "wandb": "false", "algo.group_size": 4,
+            "model.preset": "micro", "model.num_bins": 256, "wandb": "false", "algo.group_size": 4,
             "algo.groups_per_batch": 2, "algo.micro_batch_size": 4, "algo.max_staleness": 100,
             "learner.poll_s": 0.05,
             "learner.weights_address": f"tcp://127.0.0.1:{free_port()}",

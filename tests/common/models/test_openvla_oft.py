@@ -355,6 +355,7 @@ def test_pushcut_run_trains_openvla_oft_tiny_end_to_end(tmp_path):
             "algo.success_hi": 1.0, "algo.max_staleness": 1, "learner.max_versions": 2,
             "learner.checkpoint_every": 2, "wandb": "false", "demos.per_task": 1,
             "sft.steps": 2, "sft.batch_size": 8, "sft.eval_episodes_per_task": 0,
+            "run.eval_episodes": 0,
             **{key: f"tcp://127.0.0.1:{free_port()}" for key in (
                 "store.ingest_address", "learner.weights_address", "learner.announce_address",
                 "learner.heartbeat_address")}}
