@@ -79,7 +79,7 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
             procs = [start_actor(store, *addresses, *common, "actor.policy=expert",
                                  "env.tasks=[goal/3,spatial/1]", "actor.max_groups=4",
                                  "actor.actor_id=expert"),
-                     start_actor(store, *addresses, *common, "model.preset=micro",
+                     start_actor(store, *addresses, *common, "model.preset=micro", "model.num_bins=256",
                                  "env.suite=spatial", "env.max_steps=16",
                                  "actor.weights_wait_s=120", "actor.actor_id=model",
                                  f"actor.ack_log={tmp_path / 'acks.log'}")]
