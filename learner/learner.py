@@ -57,13 +57,20 @@ from learner.trainer import Trainer
 log = logging.getLogger("pushcut.learner")
 
 
-def untrainable_groups(selection: Selection, adv_eps: float) -> dict[str, str]:
+def untrainable_groups(selection: Selection, adv_eps: float,
+                       num_bins: int | None = None) -> dict[str, str]:
     """The groups of ``selection`` the learner cannot train on -> {group_id: why}: those
-    that do not collate on their own (:func:`learner.batch.collate` raises) and those
-    sampled at another temperature than the first group that does (a batch has one)."""
+    declaring another action space than the policy's ``num_bins`` (their tokens would index
+    past its logits), those that do not collate on their own (:func:`learner.batch.collate`
+    raises) and those sampled at another temperature than the first group that does (a
+    batch has one)."""
     bad: dict[str, str] = {}
     temperature = None
     for info, group in zip(selection.infos, selection.groups):
+        declared = {t.num_bins for t in group}
+        if num_bins is not None and declared != {num_bins}:
+            bad[info.group_id] = f"action space of {sorted(declared)} bins, the policy's {num_bins}"
+            continue
         try:
             collate([group], adv_eps)
         except Exception as exc:   # whatever collate refuses, training would crash on
@@ -218,7 +225,8 @@ class Learner:
     def _update(self, selection: Selection) -> bool:
         """One version from ``selection`` -> True; False (no update) when some of its groups
         cannot be trained on: those are quarantined, the others wait for the next batch."""
-        bad = untrainable_groups(selection, self.trainer.grpo.cfg.adv_eps)
+        bad = untrainable_groups(selection, self.trainer.grpo.cfg.adv_eps,
+                                 getattr(self.template, "num_bins", None))
         if bad:
             for group_id, why in bad.items():
                 log.warning("v%d: group %s quarantined: %s", self.version, group_id, why)

@@ -146,6 +146,11 @@ def test_the_learner_screens_out_groups_it_cannot_collate(tmp_path):
     assert sorted(bad) == sorted([expert, hot])
     assert "expert" in bad[expert] and "temperature 0.7" in bad[hot]
     assert untrainable_groups(Selection(groups=groups[:1], infos=infos[:1]), 1e-6) == {}
+    # a group declaring another action space than the policy's: its tokens would index past
+    # the logits (the gather crashes), so it is quarantined before any update
+    wider = untrainable_groups(Selection(groups=groups[:1], infos=infos[:1]), 1e-6,
+                               num_bins=groups[0][0].num_bins - 1)
+    assert list(wider) == [infos[0].group_id] and "bins" in wider[infos[0].group_id]
     assert finite_update({"loss": 0.1, "grad_norm": 2.0})
     assert not finite_update({"loss": float("nan"), "grad_norm": 2.0})
     assert not finite_update({"loss": 0.1, "grad_norm": float("inf")})
