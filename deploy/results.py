@@ -29,12 +29,12 @@ def point_summary(point: Point) -> dict:
             "family_ci95": point.family_ci95, "policy_version": point.policy_version}
 
 
-def paired(before: Point, after: Point) -> dict | None:
-    """McNemar over the episodes both evaluated on the same held-out states (tasks in
-    common, episodes in order); None when the evaluations kept no outcomes."""
-    tasks = sorted(set(before.outcomes) & set(after.outcomes))
-    a = [bool(x) for t in tasks for x in before.outcomes[t][:len(after.outcomes[t])]]
-    b = [bool(x) for t in tasks for x in after.outcomes[t][:len(before.outcomes[t])]]
+def paired(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict | None:
+    """McNemar over the episodes two evaluations (outcomes per task) ran on the same
+    held-out states (tasks in common, episodes in order); None when they kept no outcomes."""
+    tasks = sorted(set(before) & set(after))
+    a = [bool(x) for t in tasks for x in before[t][:len(after[t])]]
+    b = [bool(x) for t in tasks for x in after[t][:len(before[t])]]
     return mcnemar(a, b) if a else None
 
 
@@ -48,7 +48,7 @@ def results_record(result: ExperimentResult, target: float) -> dict:
             record[f"rl_{mode}"] = None
             continue
         record[f"rl_{mode}"] = {**point_summary(final), "complete": curve.complete,
-                                "paired": paired(result.sft, final) if result.sft else None}
+                                "paired": paired(result.sft.outcomes, final.outcomes) if result.sft else None}
         record["rl_wall_s"][mode] = final.wall_s
         reached = time_to_target(curve, target)
         record["time_to_target_s"][mode] = reached.wall_s if reached else None
@@ -87,19 +87,12 @@ def compare_text(before: Path, after: Path) -> str:
 
     rows = [f"| {fam or 'average'} | {cell(a, fam)} | {cell(b, fam)} |"
             for fam in [*sorted(a["per_family"]), None]]
-    test = paired(_Outcomes(oa), _Outcomes(ob))
+    test = paired(oa, ob)
     verdict = "no outcomes to pair" if test is None else (
         f"paired over {test['pairs']} episodes: {test['gained']} gained, {test['lost']} lost, "
         f"McNemar z = {test['z']:.2f}, p = {test['p']:.2g}")
     return "\n".join([f"| family | {before} | {after} |", "|---|---:|---:|", *rows, "",
                       verdict])
-
-
-class _Outcomes:
-    """The part of a report Point that :func:`paired` reads."""
-
-    def __init__(self, outcomes: dict[str, list[int]]):
-        self.outcomes = outcomes
 
 
 def compare_main(cfg, args: list[str]) -> int:
