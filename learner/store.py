@@ -15,18 +15,15 @@ One LMDB environment (a directory), named sub-databases:
 ``info``       name -> msgpack int                     eviction counters
 =============  ====================================  =====================================
 
-Guarantees (also in the README's section on the store's guarantees): a write is durable
-when the call returns (``sync=True`` commits); writes are idempotent by trajectory_id (the
-same record again is a ``duplicate``; another record under a known id is a ``conflict``); a
-trajectory whose group is already consumed or evicted is dropped, so a consumed group
-never comes back; beyond ``capacity`` trajectories whole groups are evicted, consumed
-groups first, then the stalest (lowest policy_version, then oldest created_at); an
-unconsumed group that is evicted is marked consumed with reason ``evicted``; a full map is
-doubled and the transaction retried. A record that breaks its batch's transaction never
-fails the batch: :meth:`TrajectoryStore.commit` retries record by record and rejects only
-that one. The members of a group agree on task, initial state, size, temperature and policy
-kind (sampled or expert); expert records (``policy_version == -1``) are refused unless the
-store holds demonstrations (``accept_expert``).
+Guarantees (docs/design.md): a write is durable when the call returns (``sync=True``);
+writes are idempotent by trajectory_id (the same record again is a ``duplicate``, another
+under a known id a ``conflict``); a consumed or evicted group never comes back; beyond
+``capacity`` whole groups are evicted, consumed first, then the stalest (lowest
+policy_version, then oldest created_at), an unconsumed one marked consumed as ``evicted``;
+a full map is doubled and the transaction retried; a record that breaks its batch's
+transaction is rejected alone (:meth:`TrajectoryStore.commit` retries record by record).
+Group members agree on task, initial state, size, temperature and policy kind; expert
+records (``policy_version == -1``) need ``accept_expert``.
 Other processes may open the same path (readers, or writers such as the learner marking
 groups consumed); one process opens a path once and shares the instance between threads.
 """
@@ -101,10 +98,8 @@ def _group_conflict(record: dict[str, Any], traj: Trajectory) -> Optional[WireEr
             "expert": traj.is_expert}
     differ = [f"{k} {v!r} but the group has {record[k]!r}" for k, v in mine.items()
               if record.get(k, v) != v]
-    if not differ:
-        return None
     return WireError("group_conflict", f"trajectory {traj.trajectory_id} in group "
-                     f"{traj.group_id}: " + "; ".join(differ))
+                     f"{traj.group_id}: " + "; ".join(differ)) if differ else None
 
 
 def _group_info(group_id: bytes, record: dict[str, Any]) -> GroupInfo:
@@ -138,9 +133,17 @@ class TrajectoryStore:
                     from None
             raise
         self._env.reader_check()   # free slots of readers that died (e.g. SIGKILL)
-        # without an explicit txn: handles opened inside a read txn die with it
-        self._db = {name: self._env.open_db(name.encode(), create=not readonly)
-                    for name in _DB_NAMES}
+        self._db = self._open_dbs()
+
+    def _open_dbs(self) -> dict:
+        """Named databases, outside a txn (a read txn's handles die with it); a map another
+        process grew since lmdb.open (a restart) is adopted."""
+        while True:
+            try:
+                return {name: self._env.open_db(name.encode(), create=not self.readonly)
+                        for name in _DB_NAMES}
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
 
     # ------------------------------------------------------------------ writing
     def put(self, traj: Trajectory, raw: Optional[bytes] = None) -> bool:
@@ -273,7 +276,6 @@ class TrajectoryStore:
 
     def __enter__(self) -> "TrajectoryStore":
         return self
-
     def __exit__(self, *exc) -> None:
         self.close()
 

@@ -186,6 +186,33 @@ def test_readers_and_writers_in_other_processes(path):
         assert store.stats()["map_size"] > 1 << 20
 
 
+def _grow(path: str) -> None:
+    """Other process: write until the map has grown past 1 MiB."""
+    with TrajectoryStore(path, map_size_mb=1) as store:
+        for i in range(12):
+            put_group(store, f"g{i}", image_size=128)
+        assert store.stats()["map_size"] > 1 << 20
+
+
+def test_a_store_opened_just_before_another_process_grows_the_map_adopts_it(path):
+    """The race of a restarted learner: lmdb.open saw the old map, open_db meets the new."""
+    import lmdb
+    TrajectoryStore(path, map_size_mb=1).close()
+    env = lmdb.open(path, map_size=1 << 20, subdir=True, max_dbs=8)
+    child = mp.get_context("spawn").Process(target=_grow, args=(path,))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    with pytest.raises(lmdb.MapResizedError):   # what a bare open_db meets here
+        env.open_db(b"traj")
+    store = TrajectoryStore.__new__(TrajectoryStore)
+    store._env, store.readonly = env, False
+    dbs = store._open_dbs()
+    with env.begin(db=dbs["traj"]) as txn:
+        assert txn.stat(dbs["traj"])["entries"] == 24
+    env.close()
+
+
 # ---------------------------------------------------------------- what a commit refuses
 def test_the_same_record_is_a_duplicate_and_another_under_its_id_a_conflict(path):
     with TrajectoryStore(path) as store:
