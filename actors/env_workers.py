@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 import numpy as np
@@ -163,7 +164,9 @@ class SubprocessWorker:
 
     def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
                  reply_timeout_s: float = 600.0, send_timeout_s: float = 30.0,
-                 wait: bool = True, context: zmq.Context | None = None):
+                 wait: bool = True, context: zmq.Context | None = None,
+                 cpus: Sequence[int] = ()):
+        self.cpus = tuple(cpus)   # cores of the child process; empty: the parent's
         self._cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
         self.seed = seed
         self._ctx = context or zmq.Context.instance()
@@ -185,6 +188,8 @@ class SubprocessWorker:
         self._sock.bind(self.address)
         self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_worker",
                                       self.address, self._cfg_json, str(self.seed)])
+        if self.cpus:   # set from here, before the child's imports start any thread
+            os.sched_setaffinity(self.proc.pid, self.cpus)
         self._pending: str | None = "hello"
 
     def wait_ready(self) -> None:
@@ -330,11 +335,12 @@ def libero_worker_count(requested: int, available_bytes: int | None = None,
 
 
 def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *,
-                 available_bytes: int | None = None, force: bool = False
-                 ) -> list[InProcessWorker | SubprocessWorker]:
+                 available_bytes: int | None = None, force: bool = False,
+                 cpus: Sequence[int] = ()) -> list[InProcessWorker | SubprocessWorker]:
     """``num_envs`` workers; LIBERO always runs in subprocesses, as many as fit in memory
     (:func:`libero_worker_count`; ``available_bytes`` and ``force`` or
-    ``env_cfg.force_workers`` go to it)."""
+    ``env_cfg.force_workers`` go to it). Subprocess workers run on ``cpus`` (empty: the
+    caller's cores)."""
     if num_envs < 1:
         raise ValueError(f"actor.num_envs must be >= 1, got {num_envs}")
     libero = getattr(env_cfg, "name", None) == "libero"
@@ -345,7 +351,8 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *
         workers: list = []
         try:
             for i in range(num_envs):   # start all, then wait: the imports overlap
-                workers.append(SubprocessWorker(env_cfg, seed * 1000 + i, wait=False))
+                workers.append(SubprocessWorker(env_cfg, seed * 1000 + i, wait=False,
+                                                  cpus=cpus))
             for w in workers:
                 w.wait_ready()
         except BaseException:

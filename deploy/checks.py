@@ -271,11 +271,15 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
     import os
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     out = []
-    for role in ("learner", "actors", "store", "evaluator"):
+    for role in ("learner", "actors", "env_workers", "store", "evaluator"):
         value = get(cfg, f"placement.{role}")
         bad = [c for c in value if not isinstance(c, int) or c not in cores]
         if bad:
             out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
+    if cfg.placement.env_workers and not cfg.actor.subprocess_envs and cfg.env.name != "libero":
+        out.append(f"placement.env_workers={list(cfg.placement.env_workers)}: "
+                   "actor.subprocess_envs must be true (in-process envs run on the actor's "
+                   "cores)")
     return out
 
 

@@ -291,6 +291,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     try:
         start_children(cfg, run_dir, log_dir, checkpoint, board.heartbeats.address, children)
         board.placement = {n: list(c.cpus) for n, c in children.items() if c.cpus}
+        if cfg.placement.env_workers:
+            board.placement["env workers"] = list(cfg.placement.env_workers)
         reason = supervise(children, board, run_dir, stop, console)
     finally:
         # the actors flush for actor.flush_timeout_s; one stuck on a dead store is killed

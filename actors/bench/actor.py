@@ -36,8 +36,10 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -257,15 +259,30 @@ def measure(cfg, workers: list, address: str, console: Console) -> dict:
             "inference_s": rec.inference_s, "env_s": rec.env_s}
 
 
+@contextmanager
+def pinned(cores: Sequence[int]) -> Iterator[None]:
+    """This process on ``cores`` (``placement.actors``, as the launcher would pin an actor)
+    for the block; empty: left where it is."""
+    before = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run(cfg) -> dict:
     """``pushcut bench actor``: a store process, the actor's env workers, the measurement.
     -> the figures (printed too)."""
     console = Console()
     if cfg.actor.torch_threads:
         torch.set_num_threads(cfg.actor.torch_threads)
-    with tempfile.TemporaryDirectory(prefix="pushcut-bench-actor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pushcut-bench-actor-") as tmp, \
+            pinned(cfg.placement.actors):
         store, address = start_store(tmp)
-        workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs)
+        workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs,
+                               cpus=cfg.placement.env_workers)
         try:
             m = measure(cfg, workers, address, console)
         finally:

@@ -21,8 +21,8 @@ import time
 import torch
 
 from actors.actor import double_buffer_for
-from actors.bench.actor import (bare_inference, obs_batch, random_episodes, replay_counts,
-                                warm_up)
+from actors.bench.actor import (bare_inference, obs_batch, pinned, random_episodes,
+                                replay_counts, warm_up)
 from actors.env_workers import make_workers
 
 
@@ -59,11 +59,20 @@ def actor_stage_rates(cfg, seconds: float) -> dict:
     """Bare env stepping and bare inference of one actor (see the module docstring), each
     for about ``seconds``. -> {env_steps_per_s, inference_steps_per_s, steps_per_decision,
     episode_length, batch, double_buffer, ...}."""
-    from common.models import build_policy
     threads = torch.get_num_threads()
     if cfg.actor.torch_threads:
         torch.set_num_threads(cfg.actor.torch_threads)
-    workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs)
+    try:
+        with pinned(cfg.placement.actors):
+            return _actor_stage_rates(cfg, seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _actor_stage_rates(cfg, seconds: float) -> dict:
+    from common.models import build_policy
+    workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs,
+                           cpus=cfg.placement.env_workers)
     try:
         warm_up(workers)
         policy = build_policy(cfg.model).to(cfg.actor.device).eval()
@@ -77,5 +86,4 @@ def actor_stage_rates(cfg, seconds: float) -> dict:
     finally:
         for w in workers:
             w.close()
-        torch.set_num_threads(threads)
     return {**env, **inference, "double_buffer": double, "num_envs": len(workers)}

@@ -321,7 +321,11 @@ class PlacementConfig:
     learner: list[int] = field(default_factory=list)
     """cores of the learner (all its ranks)"""
     actors: list[int] = field(default_factory=list)
-    """cores of every actor and its env workers"""
+    """cores of every actor (its inference) and, unless ``env_workers`` is set, its env
+    workers"""
+    env_workers: list[int] = field(default_factory=list)
+    """cores of the actors' subprocess env workers (the simulators), apart from the
+    actor's inference as CPU simulators are from a GPU policy; empty: the actor's cores"""
     store: list[int] = field(default_factory=list)
     """cores of the store"""
     evaluator: list[int] = field(default_factory=list)

@@ -104,6 +104,20 @@ def test_make_workers_starts_only_the_libero_workers_that_fit(libero_installed, 
     assert "2 env workers requested, 1 fit" in caplog.records[0].getMessage()
 
 
+def test_subprocess_workers_run_on_their_own_cores_across_restarts():
+    """placement.env_workers: the simulators apart from the actor's inference."""
+    core = sorted(os.sched_getaffinity(0))[-1]
+    workers = make_workers(ENV_CFG, 1, seed=0, use_subprocess=True, cpus=[core])
+    try:
+        assert os.sched_getaffinity(workers[0].proc.pid) == {core}
+        workers[0].restart()
+        assert os.sched_getaffinity(workers[0].proc.pid) == {core}
+        assert workers[0].reset("goal/0", 1)["images"].shape[0] >= 1
+    finally:
+        for w in workers:
+            w.close()
+
+
 # ------------------------------------------------------------------ dead and hung workers
 
 def test_hung_or_killed_worker_raises_in_time_and_restarts():

@@ -24,6 +24,7 @@ from tests.deploy.test_run_local import ROOT, tiny_run_args
 BAD = [
     (["num_actors=0"], "num_actors"),
     (["placement.learner=[4096]"], "placement.learner"),
+    (["placement.env_workers=[0]", "actor.subprocess_envs=false"], "placement.env_workers"),
     (["actor.num_envs=0"], "actor.num_envs"),
     (["algo.group_size=0"], "algo.group_size"),
     (["algo.group_size=1"], "algo.group_size"),
