@@ -192,6 +192,7 @@ class Actor:
         s.worker_restarts = self.rollout.worker_restarts
         s.rerun_episodes = self.rollout.rerun_episodes
         for g in groups:
+            self.scheduler.record(g[0].request.task_id, sum(ep.success for ep in g), len(g))
             s.episodes += len(g)
             s.successes += sum(ep.success for ep in g)
             s.env_steps += sum(ep.length for ep in g)

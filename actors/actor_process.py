@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from actors.actor import Actor, double_buffer_for  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
-from actors.scheduler import TaskScheduler  # noqa: E402
+from actors.scheduler import FilterWindow, TaskScheduler  # noqa: E402
 from common.transport.heartbeats import HeartbeatSender  # noqa: E402
 from common.transport.curve import CurveClientKeys  # noqa: E402
 from common.transport.trajectories import TrajectorySender  # noqa: E402
@@ -84,13 +84,22 @@ def build_policy_for(cfg, workers: list, client: WeightClient | None) -> tuple[A
     return policy.to(cfg.actor.device).eval(), version
 
 
+def filter_window(cfg) -> FilterWindow | None:
+    """The adaptive scheduler's target (``actor.adaptive_tasks``), None when it is off."""
+    if not cfg.actor.adaptive_tasks:
+        return None
+    return FilterWindow(cfg.algo.group_size, cfg.algo.success_lo, cfg.algo.success_hi,
+                        floor=cfg.actor.adaptive_floor)
+
+
 def make_actor(cfg, actor_id: str, workers: list, client: WeightClient | None) -> Actor:
     policy, version = build_policy_for(cfg, workers, client)
     env0 = workers[0]
     tasks = env0.tasks()
     scheduler = TaskScheduler(tasks, {t.task_id: env0.train_init_state_ids(t.task_id)
                                       for t in tasks},
-                              cfg.actor.task_weights, seed=actor_seed(cfg.actor.seed, actor_id))
+                              cfg.actor.task_weights, seed=actor_seed(cfg.actor.seed, actor_id),
+                              window=filter_window(cfg))
     generator = torch.Generator(device=cfg.actor.device)
     generator.manual_seed(zlib.crc32(repr(actor_seed(cfg.actor.seed, actor_id)).encode()))
     rollout = VectorRollout(workers, policy, double_buffer_for(cfg.actor, workers))

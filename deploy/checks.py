@@ -118,6 +118,9 @@ def check_algo(cfg: PushcutConfig) -> list[str]:
         found.append(f"algo.clip_low={a.clip_low!r}: must be in [0, 1)")
     if not (_is_number(a.clip_high) and a.clip_high >= 0):
         found.append(f"algo.clip_high={a.clip_high!r}: must be >= 0")
+    floor = cfg.actor.adaptive_floor
+    if not (_is_number(floor) and 0 < floor <= 1):
+        found.append(f"actor.adaptive_floor={floor!r}: must be in (0, 1]")
     return found
 
 

@@ -192,6 +192,11 @@ class ActorConfig:
     """learner's version announcements (SUB)"""
     task_weights: dict[str, float] = field(default_factory=dict)
     """sampling weight per task_id; empty = uniform"""
+    adaptive_tasks: bool = False
+    """also weight each task by the chance its groups land inside the filter window
+    (algo.success_lo..hi), from its recent success in this actor's groups"""
+    adaptive_floor: float = 0.1
+    """least weight factor of a task under adaptive_tasks (0-1], so none is abandoned"""
     max_in_flight: int = 64
     """unacknowledged trajectories before send() blocks"""
     resend_after_s: float = 5.0

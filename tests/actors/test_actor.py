@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from actors.actor import Actor  # noqa: E402
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
-from actors.scheduler import TaskScheduler  # noqa: E402
+from actors.scheduler import FilterWindow, TaskScheduler  # noqa: E402
 from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.models.policy import ObsBatch  # noqa: E402
@@ -199,3 +199,20 @@ def test_double_buffered_actor_sends_complete_consistent_groups():
         assert len({(t.task_id, t.init_state_id, t.policy_version) for t in g}) == 1
         assert sorted(t.trajectory_id for t in g) == [f"{g[0].group_id}.{m}" for m in (0, 1)]
     assert actor.stats.episodes == 8 and actor.stats.env_steps == sum(t.length for t in sent)
+
+
+def test_the_actor_tells_an_adaptive_scheduler_each_groups_outcomes():
+    torch.manual_seed(0)
+    actor = make_actor(build_policy(ModelConfig(preset="micro")).eval(), None, num_envs=4)
+    window = FilterWindow(group_size=2, lo=0.1, hi=0.9, decay=0.5)
+    actor.scheduler.window = window
+    sent = []
+    actor.run_round(sent.append)
+    expected: dict[str, tuple[float, float]] = {}
+    for gid in dict.fromkeys(t.group_id for t in sent):       # groups in the order recorded
+        g = [t for t in sent if t.group_id == gid]
+        s, n = expected.get(g[0].task_id, (0.5, 1.0))
+        expected[g[0].task_id] = (0.5 * s + sum(t.success for t in g), 0.5 * n + len(g))
+    assert expected
+    for task, (s, n) in expected.items():
+        assert actor.scheduler.success(task) == pytest.approx(s / n)

@@ -1,12 +1,14 @@
-"""TaskScheduler: training ids only, deterministic per seed, uniform or weighted."""
+"""TaskScheduler: training ids only, deterministic per seed, uniform or weighted, adaptive
+to the filter window."""
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from actors.envs.base import TaskSpec
-from actors.scheduler import TaskScheduler, task_probabilities
+from actors.scheduler import FilterWindow, TaskScheduler, kept_probability, task_probabilities
 
 TASKS = [TaskSpec(f"{fam}/{i}", fam, f"do {fam} {i}", 100)
          for fam in ("spatial", "long") for i in range(2)]
@@ -64,3 +66,39 @@ def test_bad_weights_are_named(weights, message):
 def test_task_without_training_ids_is_named():
     with pytest.raises(ValueError, match="long/1"):
         TaskScheduler(TASKS, {**TRAIN, "long/1": []})
+
+
+# ---------------------------------------------------------------- adaptive to the filter window
+WINDOW = FilterWindow(group_size=8, lo=0.1, hi=0.9, floor=0.1, decay=0.8)
+
+
+def test_kept_probability_matches_simulated_groups():
+    rng = np.random.default_rng(0)
+    for p in (0.0, 0.03, 0.2, 0.5, 0.97, 1.0):
+        rates = rng.binomial(8, p, size=200_000) / 8
+        simulated = np.mean((rates >= 0.1) & (rates <= 0.9))
+        assert kept_probability(p, 8, 0.1, 0.9) == pytest.approx(simulated, abs=0.005)
+    assert kept_probability(0.5, 8, 0.1, 0.9) == pytest.approx(1 - 2 / 256)
+
+
+def test_adaptive_scheduling_favours_tasks_inside_the_filter_window():
+    s = TaskScheduler(TASKS, TRAIN, seed=0, window=WINDOW)
+    assert s.current_probabilities() == pytest.approx([0.25] * 4)     # untried: all alike
+    for _ in range(10):
+        s.record("spatial/0", 0, 8)          # never succeeds: kept ~never -> the floor
+        s.record("spatial/1", 8, 8)          # always succeeds: the floor too
+        s.record("long/0", 4, 8)             # half: almost every group kept
+        s.record("long/1", 1, 8)             # rare successes: kept often
+    assert s.success("long/0") == pytest.approx(0.5) and s.success("spatial/0") < 0.05
+    kept = [max(0.1, kept_probability(s.success(t.task_id), 8, 0.1, 0.9)) for t in TASKS]
+    assert s.current_probabilities() == pytest.approx(np.array(kept) / sum(kept))
+    counts = Counter(t for t, _ in draws(s, 4000))
+    assert counts["long/0"] > 4 * counts["spatial/0"] and counts["spatial/0"] > 0
+    assert counts["long/1"] > 2 * counts["spatial/1"]
+
+
+def test_without_a_window_outcomes_change_nothing():
+    a, b = TaskScheduler(TASKS, TRAIN, seed=4), TaskScheduler(TASKS, TRAIN, seed=4)
+    for _ in range(5):
+        a.record("spatial/0", 0, 8)
+    assert draws(a, 200) == draws(b, 200)

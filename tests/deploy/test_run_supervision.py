@@ -33,6 +33,7 @@ BAD = [
     (["algo.groups_per_batch=0"], "algo.groups_per_batch"),
     (["algo.micro_batch_size=0"], "algo.micro_batch_size"),
     (["algo.mini_batches=0"], "algo.mini_batches"),
+    (["actor.adaptive_floor=0"], "actor.adaptive_floor"),
     (["algo.epochs_per_batch=0"], "algo.epochs_per_batch"),
     (["learner.world_size=0"], "learner.world_size"),
     (["algo.success_lo=0.8", "algo.success_hi=0.2"], "algo.success_lo"),
