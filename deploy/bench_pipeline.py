@@ -159,10 +159,12 @@ def run_mode(cfg: PushcutConfig, mode: str, checkpoint: str, run_dir: Path,
 
 def stage_rates(cfg: PushcutConfig, seconds: float) -> dict:
     """Each stage alone, in env steps/s (see the module docstring), ``seconds`` each."""
+    from actors.bench.actor import pinned
     from actors.bench.stages import actor_stage_rates
     from learner.bench.update import stage_rate
-    actor = actor_stage_rates(cfg, seconds)
-    learner = stage_rate(cfg, seconds, max(1, round(actor["episode_length"])))
+    actor = actor_stage_rates(cfg, seconds)        # on placement.actors / env_workers
+    with pinned(cfg.placement.learner):            # the learner's cores, as in the run
+        learner = stage_rate(cfg, seconds, max(1, round(actor["episode_length"])))
     rates = {"env": actor["env_steps_per_s"] * cfg.num_actors,
              "inference": actor["inference_steps_per_s"] * cfg.num_actors,
              "learner": learner["env_steps_per_s"]}
