@@ -200,6 +200,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         print("usage: pushcut eval CHECKPOINT_DIR [key=value ...]  (or eval.checkpoint=DIR)")
         return 2
     console = Console(stderr=True)
+    if cfg.actor.torch_threads:   # infer as an actor does: spinning OpenMP threads on busy
+        torch.set_num_threads(cfg.actor.torch_threads)   # cores cost many times the work
     policy = load_policy(checkpoint)
     results = evaluate_policy(
         policy, cfg.env, episodes_per_task=cfg.eval.episodes_per_task,
