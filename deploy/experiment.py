@@ -15,8 +15,9 @@ eval_async_vN      ``pushcut eval rl_async/snapshots/vN``      ``rl_async/evals/
 rl_sync, eval_...  the same RL with ``mode=sync``              ``rl_sync/...``
 =================  =========================================  ==============================
 
-Out, under ``run_dir``: the directories above, ``logs/<stage>.log``, and ``experiment.json``
-(per stage: status, wall time, command, log), read by ``pushcut report`` (deploy/report.py).
+Out, under ``run_dir``: the directories above, ``logs/<stage>.log``, ``experiment.json``
+(per stage: status, wall time, command, log) and, once every stage is done, what
+``pushcut report`` (deploy/report.py) writes: ``results.json``, ``report.md``, ``report.png``.
 The RL budget is ``learner.max_wall_s`` / ``learner.max_versions`` (one of them is required),
 curves come from the snapshots every ``learner.snapshot_every`` versions (required >= 1). An
 interrupted RL stage (Ctrl-C) resumes from its last checkpoint on the next run.
@@ -239,5 +240,8 @@ def main(cfg: PushcutConfig, args: list[str], overrides: list[str] | None = None
     walls = {k: round(v.get("wall_s", 0.0), 1) for k, v in data["stages"].items()}
     print("experiment done: " + json.dumps({"name": name, "run_dir": cfg.run_dir,
                                             "wall_s": walls}), flush=True)
-    console.print(f"next: pushcut report {cfg.run_dir}")
+    from deploy.report import DEFAULT_TARGET, write_report
+    png, md, _ = write_report([Path(cfg.run_dir).resolve()], DEFAULT_TARGET, None)
+    console.print(f"results: {Path(cfg.run_dir) / 'results.json'}, {md.name}, {png.name}; "
+                  f"another target: pushcut report {cfg.run_dir} --target X")
     return 0

@@ -105,6 +105,9 @@ def test_tiny_experiment_end_to_end_then_resume_then_report(tmp_path):
     assert [r["policy_version"] for r in updates] == [1, 2]
     assert all(r["staleness_max"] == 0 for r in updates)                # lock-step
     assert re.search(r"^experiment done: ", out, re.M)
+    summary = json.loads((run_dir / "results.json").read_text())      # written by the run
+    assert set(summary) >= {"sft", "rl_async", "rl_sync", "rl_wall_s", "time_to_target_s"}
+    assert summary["rl_async"]["policy_version"] == 2 and (run_dir / "report.png").exists()
 
     # resume: only the stage whose output is missing runs again
     shutil.rmtree(run_dir / "rl_sync" / "evals" / "v000002")
