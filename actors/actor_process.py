@@ -217,7 +217,8 @@ def run_actor(cfg, stop: threading.Event) -> dict:
         torch.set_num_threads(cfg.actor.torch_threads)
     curve = curve_keys(cfg)
     workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.actor.seed,
-                           cfg.actor.subprocess_envs, cpus=cfg.placement.env_workers)
+                           cfg.actor.subprocess_envs, cpus=cfg.placement.env_workers,
+                           fifo=cfg.placement.env_workers_fifo)
     client = sender = progress = None
     acks = AckLog(cfg.actor.ack_log)
     try:

@@ -165,8 +165,9 @@ class SubprocessWorker:
     def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
                  reply_timeout_s: float = 600.0, send_timeout_s: float = 30.0,
                  wait: bool = True, context: zmq.Context | None = None,
-                 cpus: Sequence[int] = ()):
+                 cpus: Sequence[int] = (), fifo: bool = False):
         self.cpus = tuple(cpus)   # cores of the child process; empty: the parent's
+        self.fifo = fifo          # SCHED_FIFO: chunks on a shared core in arrival order
         self._cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
         self.seed = seed
         self._ctx = context or zmq.Context.instance()
@@ -190,6 +191,8 @@ class SubprocessWorker:
                                       self.address, self._cfg_json, str(self.seed)])
         if self.cpus:   # set from here, before the child's imports start any thread
             os.sched_setaffinity(self.proc.pid, self.cpus)
+        if self.fifo:
+            os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO, os.sched_param(1))
         self._pending: str | None = "hello"
 
     def wait_ready(self) -> None:
@@ -334,13 +337,23 @@ def libero_worker_count(requested: int, available_bytes: int | None = None,
     return count
 
 
+def fifo_allowed() -> bool:
+    """May this process give its children SCHED_FIFO priority 1 (root, or RLIMIT_RTPRIO)?"""
+    import resource
+    if not hasattr(os, "SCHED_FIFO"):
+        return False
+    soft = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 1
+
+
 def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *,
                  available_bytes: int | None = None, force: bool = False,
-                 cpus: Sequence[int] = ()) -> list[InProcessWorker | SubprocessWorker]:
+                 cpus: Sequence[int] = (), fifo: bool = False
+                 ) -> list[InProcessWorker | SubprocessWorker]:
     """``num_envs`` workers; LIBERO always runs in subprocesses, as many as fit in memory
     (:func:`libero_worker_count`; ``available_bytes`` and ``force`` or
     ``env_cfg.force_workers`` go to it). Subprocess workers run on ``cpus`` (empty: the
-    caller's cores)."""
+    caller's cores), under SCHED_FIFO if ``fifo``."""
     if num_envs < 1:
         raise ValueError(f"actor.num_envs must be >= 1, got {num_envs}")
     libero = getattr(env_cfg, "name", None) == "libero"
@@ -352,7 +365,7 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *
         try:
             for i in range(num_envs):   # start all, then wait: the imports overlap
                 workers.append(SubprocessWorker(env_cfg, seed * 1000 + i, wait=False,
-                                                  cpus=cpus))
+                                                  cpus=cpus, fifo=fifo))
             for w in workers:
                 w.wait_ready()
         except BaseException:

@@ -23,6 +23,7 @@ module (a few seconds), so it runs only when every cheap check passed.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -271,7 +272,6 @@ def model_presets(name: str) -> Optional[list[str]]:
 def check_placement(cfg: PushcutConfig) -> list[str]:
     """placement.* lists of cores that exist on this machine (the launcher pins roles
     here; on a Ray cluster each node's own cores)."""
-    import os
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     out = []
     for role in ("learner", "actors", "env_workers", "store", "evaluator"):
@@ -279,10 +279,15 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
         bad = [c for c in value if not isinstance(c, int) or c not in cores]
         if bad:
             out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
-    if cfg.placement.env_workers and not cfg.actor.subprocess_envs and cfg.env.name != "libero":
+    subprocess_envs = cfg.actor.subprocess_envs or cfg.env.name == "libero"
+    if cfg.placement.env_workers and not subprocess_envs:
         out.append(f"placement.env_workers={list(cfg.placement.env_workers)}: "
                    "actor.subprocess_envs must be true (in-process envs run on the actor's "
                    "cores)")
+    from actors.env_workers import fifo_allowed
+    if cfg.placement.env_workers_fifo and not (subprocess_envs and fifo_allowed()):
+        out.append("placement.env_workers_fifo=true: actor.subprocess_envs must be true and "
+                   "SCHED_FIFO allowed (root, or RLIMIT_RTPRIO >= 1)")
     return out
 
 

@@ -282,7 +282,8 @@ def run(cfg) -> dict:
             pinned(cfg.placement.actors):
         store, address = start_store(tmp)
         workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs,
-                               cpus=cfg.placement.env_workers)
+                               cpus=cfg.placement.env_workers,
+                               fifo=cfg.placement.env_workers_fifo)
         try:
             m = measure(cfg, workers, address, console)
         finally:

@@ -72,7 +72,7 @@ def actor_stage_rates(cfg, seconds: float) -> dict:
 def _actor_stage_rates(cfg, seconds: float) -> dict:
     from common.models import build_policy
     workers = make_workers(cfg.env, cfg.actor.num_envs, cfg.seed, cfg.actor.subprocess_envs,
-                           cpus=cfg.placement.env_workers)
+                           cpus=cfg.placement.env_workers, fifo=cfg.placement.env_workers_fifo)
     try:
         warm_up(workers)
         policy = build_policy(cfg.model).to(cfg.actor.device).eval()

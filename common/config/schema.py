@@ -331,6 +331,10 @@ class PlacementConfig:
     env_workers: list[int] = field(default_factory=list)
     """cores of the actors' subprocess env workers (the simulators), apart from the
     actor's inference as CPU simulators are from a GPU policy; empty: the actor's cores"""
+    env_workers_fifo: bool = False
+    """schedule the subprocess env workers first-in first-out (Linux SCHED_FIFO; needs root
+    or RLIMIT_RTPRIO >= 1): simulators sharing a core then step their chunks in the order
+    the policy sent them, so the half of the envs it waits for comes back first"""
     store: list[int] = field(default_factory=list)
     """cores of the store"""
     evaluator: list[int] = field(default_factory=list)

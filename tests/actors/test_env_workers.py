@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from actors.actor import Actor  # noqa: E402
-from actors.env_workers import (EnvWorkerError, SubprocessWorker,  # noqa: E402
+from actors.env_workers import (EnvWorkerError, SubprocessWorker, fifo_allowed,  # noqa: E402
                                 libero_worker_count, make_workers)
 from actors.envs.libero import RESERVE_BYTES, WORKER_BYTES  # noqa: E402
 from actors.rollout import EpisodeRequest, VectorRollout  # noqa: E402
@@ -116,6 +116,25 @@ def test_subprocess_workers_run_on_their_own_cores_across_restarts():
     finally:
         for w in workers:
             w.close()
+
+
+@pytest.mark.skipif(not fifo_allowed(), reason="SCHED_FIFO needs root or RLIMIT_RTPRIO")
+def test_fifo_workers_are_scheduled_first_in_first_out_across_restarts():
+    """placement.env_workers_fifo: simulators sharing a core step chunks in arrival order."""
+    workers = make_workers(ENV_CFG, 1, seed=0, use_subprocess=True, fifo=True)
+    try:
+        assert os.sched_getscheduler(workers[0].proc.pid) == os.SCHED_FIFO
+        workers[0].restart()
+        assert os.sched_getscheduler(workers[0].proc.pid) == os.SCHED_FIFO
+        assert workers[0].reset("goal/0", 1)["images"].shape[0] >= 1
+    finally:
+        for w in workers:
+            w.close()
+    plain = make_workers(ENV_CFG, 1, seed=0, use_subprocess=True)
+    try:
+        assert os.sched_getscheduler(plain[0].proc.pid) == os.SCHED_OTHER
+    finally:
+        plain[0].close()
 
 
 # ------------------------------------------------------------------ dead and hung workers
