@@ -18,7 +18,6 @@ from common.metrics import read_jsonl
 from common.synthetic import make_trajectory
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from learner.store import TrajectoryStore
-from learner.trainer import free_port
 from tests.learner.helpers import micro_policy, sampled_group
 from tests.waiting import wait_until
 
@@ -44,9 +43,11 @@ def learner_args(tmp: Path, **extra) -> list[str]:
             "model.preset": "micro", "model.num_bins": 256, "wandb": "false", "algo.group_size": 4,
             "algo.groups_per_batch": 2, "algo.micro_batch_size": 4, "algo.max_staleness": 100,
             "learner.poll_s": 0.05,
-            "learner.weights_address": f"tcp://127.0.0.1:{free_port()}",
-            "learner.announce_address": f"tcp://127.0.0.1:{free_port()}",
-            "learner.heartbeat_address": f"tcp://127.0.0.1:{free_port()}", **extra}
+            # nothing dials these here: the learner binds any free port (no race with a
+            # port picked beforehand and taken meanwhile, e.g. by a rank's gloo socket)
+            "learner.weights_address": "tcp://127.0.0.1:*",
+            "learner.announce_address": "tcp://127.0.0.1:*",
+            "learner.heartbeat_address": "tcp://127.0.0.1:*", **extra}
     return [f"{k}={v}" for k, v in over.items()]
 
 
