@@ -9,12 +9,10 @@ every restart is counted in the run's status, and the run still stops cleanly (e
 """
 import bisect
 import json
-import os
 import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -177,10 +175,8 @@ def checkpoint_versions(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_pushcut_run_survives_its_actors_store_and_learner_killed(tmp_path):
-    from tests.deploy.test_run_local import ROOT, tiny_run_args
-    from tests.learner.helpers import micro_policy
-    policy_dir, run_dir = tmp_path / "policy", tmp_path / "run"
-    micro_policy(0).save_pretrained(str(policy_dir))
+    from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
+    policy_dir, run_dir = saved_micro_policy(tmp_path), tmp_path / "run"
     # tiny tabletop settings; a store that never evicts, so an acknowledged id not in the
     # store at the end is a loss (the probe env makes trajectories too fast for that)
     args = tiny_run_args(run_dir, **{
@@ -188,10 +184,7 @@ def test_pushcut_run_survives_its_actors_store_and_learner_killed(tmp_path):
         "algo.max_staleness": 1000, "actor.resend_after_s": 1.0,
         "actor.ack_log": tmp_path / "acks", "learner.max_versions": "null",
         "learner.checkpoint_every": 2, "learner.torch_threads": 1, "learner.poll_s": 0.05})
-    with open(tmp_path / "run.out", "wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                               env={**os.environ, "WANDB_MODE": "offline"}, stdout=out,
-                               stderr=subprocess.STDOUT)
+    run = start_run(args, tmp_path / "run.out")
     rng, kills = random.Random(0), 0
     version = lambda: (learner_versions(run_dir) or [(0, 0)])[-1][1]   # noqa: E731
     try:

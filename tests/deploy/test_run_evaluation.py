@@ -4,30 +4,21 @@ probe env, with real processes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 from common.metrics import read_jsonl
-from tests.deploy.test_run_local import ROOT, tiny_run_args
-from tests.learner.helpers import micro_policy
+from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
 from tests.waiting import wait_until
 
 
 def test_start_policy_measured_and_snapshots_evaluated_while_rl_runs(tmp_path):
-    policy_dir = tmp_path / "policy"
-    micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
     args = tiny_run_args(run_dir, **{
         "env.name": "probe", "env.tasks": "[probe/right,probe/open]", "env.max_steps": 1,
-        "model.checkpoint": policy_dir, "num_actors": 1, "algo.temperature": 1.0,
+        "model.checkpoint": saved_micro_policy(tmp_path), "num_actors": 1, "algo.temperature": 1.0,
         "learner.max_versions": "null", "learner.snapshot_every": 2, "run.eval_episodes": 4,
         "eval.num_envs": 2})
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    with open(tmp_path / "run.out", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_run(args, tmp_path / "run.out")
     try:
         def latest_held_out():
             rows = read_jsonl(run_dir / "run.jsonl") if (run_dir / "run.jsonl").exists() else []

@@ -107,6 +107,22 @@ def tiny_run_args(run_dir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in over.items()]
 
 
+def saved_micro_policy(tmp_path: Path) -> Path:
+    """A fresh micro tiny VLA (seed 0) saved as ``tmp_path/policy``, to start RL from."""
+    from tests.learner.helpers import micro_policy
+    policy_dir = tmp_path / "policy"
+    micro_policy(0).save_pretrained(str(policy_dir))
+    return policy_dir
+
+
+def start_run(args: list[str], out_path: Path) -> subprocess.Popen:
+    """``pushcut run ARGS`` in the background, its output in ``out_path``."""
+    with open(out_path, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
+                                env={**os.environ, "WANDB_MODE": "offline"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
 def pushcut_run(args: list[str], timeout_s: float) -> str:
     env = {**os.environ, "WANDB_MODE": "offline"}
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT, env=env,
@@ -155,16 +171,10 @@ def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path
 
 @pytest.mark.slow
 def test_sync_mode_in_lock_step_and_sigint_stops_everything_cleanly(tmp_path):
-    from tests.learner.helpers import micro_policy
-    policy_dir = tmp_path / "policy"
-    micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
-    args = tiny_run_args(run_dir, mode="sync", **{"model.checkpoint": policy_dir,
-                                                  "learner.max_versions": "null"})
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    with open(tmp_path / "run.out", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    args = tiny_run_args(run_dir, mode="sync", **{
+        "model.checkpoint": saved_micro_policy(tmp_path), "learner.max_versions": "null"})
+    proc = start_run(args, tmp_path / "run.out")
     try:
         wait_until(lambda: len(updates(run_dir)) >= 3, 500, "3 versions", proc)
         proc.send_signal(signal.SIGINT)

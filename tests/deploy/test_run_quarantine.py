@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import psutil
@@ -16,8 +14,7 @@ from common.metrics import read_jsonl
 from common.synthetic import make_trajectory
 from common.transport.trajectories import TrajectorySender
 from learner.store import TrajectoryStore
-from tests.deploy.test_run_local import ROOT, tiny_run_args
-from tests.learner.helpers import micro_policy
+from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
 from tests.waiting import wait_until
 
 
@@ -41,23 +38,18 @@ def learner_pid(run_dir) -> int | None:
 
 
 def test_poison_group_quarantined_in_a_running_run_and_after_a_learner_restart(tmp_path):
-    policy_dir = tmp_path / "policy"
-    micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
     args = tiny_run_args(run_dir, **{
         "env.name": "probe", "env.tasks": "[probe/right]", "env.max_steps": 1,
-        "model.checkpoint": policy_dir, "num_actors": 1, "algo.temperature": 1.0,
+        "model.checkpoint": saved_micro_policy(tmp_path), "num_actors": 1, "algo.temperature": 1.0,
         "learner.max_versions": "null", "learner.checkpoint_every": 2})
     store_address = next(a.split("=", 1)[1] for a in args if a.startswith("store.ingest"))
-    env = {**os.environ, "WANDB_MODE": "offline"}
 
     def updates() -> list[dict]:
         path = run_dir / "learner.jsonl"
         return [r for r in read_jsonl(path) if r["event"] == "update"] if path.exists() else []
 
-    with open(tmp_path / "run.out", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_run(args, tmp_path / "run.out")
     try:
         wait_until(lambda: len(updates()) >= 2, 300, "two versions", proc)
         with TrajectorySender(store_address) as sender:

@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from deploy.run_status import StatusBoard, one_line, render
-from tests.deploy.test_run_local import ROOT, tiny_run_args
+from tests.deploy.test_run_local import ROOT, saved_micro_policy, tiny_run_args
 
 # (overrides, the key the one-line error must name)
 BAD = [
@@ -110,11 +110,9 @@ def test_the_status_counts_restarts(tmp_path):
 def test_a_child_out_of_restarts_fails_the_run_naming_it_its_exit_and_its_log(tmp_path):
     """The store's port is taken: the store dies at every start; after its restarts the
     run stops everything and exits 1, naming the store, its exit status and its last lines."""
-    from tests.learner.helpers import micro_policy
-    policy_dir = tmp_path / "policy"
-    micro_policy(0).save_pretrained(str(policy_dir))
     run_dir = tmp_path / "run"
-    args = tiny_run_args(run_dir, **{"model.checkpoint": policy_dir, "num_actors": 1,
+    args = tiny_run_args(run_dir, **{"model.checkpoint": saved_micro_policy(tmp_path),
+                                     "num_actors": 1,
                                      "actor.flush_timeout_s": 2,
                                      "learner.max_versions": "null"})
     port = int(re.search(r":(\d+)'?$", next(a for a in args if a.startswith(
