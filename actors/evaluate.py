@@ -192,6 +192,14 @@ def results_table(results: dict) -> Table:
     return table
 
 
+def infer_like_an_actor(cfg: PushcutConfig) -> None:
+    """Evaluation processes infer with ``actor.torch_threads`` intra-op threads, as actors
+    do: torch's default (one per core) spins OpenMP threads on cores the learner and the
+    actors keep busy, which made an evaluation many times slower."""
+    if cfg.actor.torch_threads:
+        torch.set_num_threads(cfg.actor.torch_threads)
+
+
 def main(cfg: PushcutConfig, args: list[str]) -> int:
     from common.models import load_policy
 
@@ -200,8 +208,7 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         print("usage: pushcut eval CHECKPOINT_DIR [key=value ...]  (or eval.checkpoint=DIR)")
         return 2
     console = Console(stderr=True)
-    if cfg.actor.torch_threads:   # infer as an actor does: spinning OpenMP threads on busy
-        torch.set_num_threads(cfg.actor.torch_threads)   # cores cost many times the work
+    infer_like_an_actor(cfg)
     policy = load_policy(checkpoint)
     results = evaluate_policy(
         policy, cfg.env, episodes_per_task=cfg.eval.episodes_per_task,

@@ -83,6 +83,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     if cfg.eval.episodes_per_task < 1:
         print("pushcut evaluator: eval.episodes_per_task must be >= 1", file=sys.stderr)
         return 2
+    from actors.evaluate import infer_like_an_actor
+    infer_like_an_actor(cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
