@@ -279,6 +279,9 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
         bad = [c for c in value if not isinstance(c, int) or c not in cores]
         if bad:
             out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
+    if not 0 <= cfg.placement.actors_nice <= 19:
+        out.append(f"placement.actors_nice={cfg.placement.actors_nice}: must be 0-19 (a "
+                   "lower priority for the actors; raising one needs no privilege)")
     subprocess_envs = cfg.actor.subprocess_envs or cfg.env.name == "libero"
     if cfg.placement.env_workers and not subprocess_envs:
         out.append(f"placement.env_workers={list(cfg.placement.env_workers)}: "

@@ -159,6 +159,7 @@ class RoleCommand(NamedTuple):
     role: str
     overrides: list[str]
     cpus: tuple[int, ...] = ()   # placement: cores the process may run on (empty = any)
+    nice: int = 0                # placement: added to the process's nice value
 
     def argv(self) -> list[str]:
         """Evaluated where the process starts (a Ray node's interpreter)."""
@@ -181,14 +182,19 @@ def role_commands(cfg: PushcutConfig, common: list[str], per_role: dict[str, lis
                                      tuple(dict.fromkeys(cores)))
     for i in actors:
         out[actor_name(i)] = RoleCommand("actor", [*common, *per_role.get("actor", []),
-                                                   *actor_overrides(cfg, i)], tuple(place.actors))
+                                                   *actor_overrides(cfg, i)], tuple(place.actors),
+                                        place.actors_nice)
     return out
 
 
 def placement_text(commands: dict[str, RoleCommand]) -> str:
-    """'learner cpus 0, actor-0 cpus 1, ...' (roles left on every core are not named)."""
-    return ", ".join(f"{n} cpus {','.join(map(str, c.cpus))}" for n, c in commands.items()
-                     if c.cpus) or "every role on every core"
+    """'learner cpus 0, actor-0 cpus 1 nice 10, ...' (roles left on every core at the
+    default priority are not named)."""
+    def text(c: RoleCommand) -> str:
+        return " ".join(([f"cpus {','.join(map(str, c.cpus))}"] if c.cpus else [])
+                        + ([f"nice {c.nice}"] if c.nice else []))
+    return ", ".join(f"{n} {text(c)}" for n, c in commands.items()
+                     if c.cpus or c.nice) or "every role on every core"
 
 
 def role_process(name: str, command: RoleCommand, log_dir: str | Path,
@@ -197,4 +203,5 @@ def role_process(name: str, command: RoleCommand, log_dir: str | Path,
     ``<log_dir>/<name>.log``; ``options`` go to :class:`ProcessSupervisor`."""
     return ProcessSupervisor(name, command.argv(), env={**ROLE_ENV, **(env or {})},
                              log_path=str(Path(log_dir) / f"{name}.log"), cpus=command.cpus,
+                             nice=command.nice,
                              **options)

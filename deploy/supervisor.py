@@ -56,11 +56,11 @@ def _parent_death_signal(sig: int) -> Optional[Callable[[], None]]:
     return lambda: prctl(_PR_SET_PDEATHSIG, sig)
 
 
-def _child_setup(death_signal: Optional[Callable[[], None]], cpus: tuple[int, ...]
-                 ) -> Optional[Callable[[], None]]:
-    """The preexec_fn of a child: the parent-death signal and the CPU affinity (set before
-    exec, so every thread and process the child starts inherits it)."""
-    if death_signal is None and not cpus:
+def _child_setup(death_signal: Optional[Callable[[], None]], cpus: tuple[int, ...],
+                 nice: int = 0) -> Optional[Callable[[], None]]:
+    """The preexec_fn of a child: the parent-death signal, the CPU affinity and the nice
+    value (set before exec, so every thread and process the child starts inherits them)."""
+    if death_signal is None and not cpus and not nice:
         return None
 
     def setup() -> None:
@@ -68,7 +68,21 @@ def _child_setup(death_signal: Optional[Callable[[], None]], cpus: tuple[int, ..
             death_signal()
         if cpus:
             os.sched_setaffinity(0, cpus)
+        if nice:
+            _session_nice(os.nice(nice))
     return setup
+
+
+def _session_nice(nice: int) -> None:
+    """Under Linux's autogroup scheduling CPU time is shared between autogroups first, and
+    each child starts its own (setsid), so a nice value alone would only rank the child
+    against itself: its autogroup gets the same value (raising it needs no privilege).
+    Without autogroup the file is absent or inert."""
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
 
 
 def reap_stale(pid_file: str, timeout_s: float = 30.0) -> Optional[int]:
@@ -113,7 +127,8 @@ class ProcessSupervisor:
     (a service that should never stop by itself). ``healthy_after_s``, ``max_backoff_s``:
     see the module docstring. ``die_with_parent``/``pid_file``: see the module docstring;
     use them when the supervisor may be killed without running :meth:`stop`. ``cpus``: the
-    cores the child (and all it starts) may run on; empty = any.
+    cores the child (and all it starts) may run on; empty = any. ``nice``: added to the
+    child's nice value (lower CPU priority for it and all it starts).
     """
 
     def __init__(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None,
@@ -122,12 +137,12 @@ class ProcessSupervisor:
                  die_with_parent: bool = False, pid_file: Optional[str] = None,
                  max_backoff_s: Optional[float] = None,
                  healthy_after_s: Optional[float] = None, restart_clean_exit: bool = False,
-                 cpus: Sequence[int] = ()):
+                 cpus: Sequence[int] = (), nice: int = 0):
         self.name, self.argv, self.cwd = name, list(argv), cwd
         self.pid_file = pid_file
         self.cpus = tuple(cpus)
         self._preexec = _child_setup(
-            _parent_death_signal(signal.SIGTERM) if die_with_parent else None, self.cpus)
+            _parent_death_signal(signal.SIGTERM) if die_with_parent else None, self.cpus, nice)
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.max_restarts, self.backoff_s = max_restarts, backoff_s

@@ -335,6 +335,10 @@ class PlacementConfig:
     """schedule the subprocess env workers first-in first-out (Linux SCHED_FIFO; needs root
     or RLIMIT_RTPRIO >= 1): simulators sharing a core then step their chunks in the order
     the policy sent them, so the half of the envs it waits for comes back first"""
+    actors_nice: int = 0
+    """CPU priority of every actor and its env workers (Linux nice, 0-19; raising it needs
+    no privilege): above 0, a learner sharing the actors' cores runs its update as soon as
+    it has a batch, while the actors take the cycles left over"""
     store: list[int] = field(default_factory=list)
     """cores of the store"""
     evaluator: list[int] = field(default_factory=list)

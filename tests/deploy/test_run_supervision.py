@@ -25,6 +25,7 @@ BAD = [
     (["num_actors=0"], "num_actors"),
     (["placement.learner=[4096]"], "placement.learner"),
     (["placement.env_workers=[0]", "actor.subprocess_envs=false"], "placement.env_workers"),
+    (["placement.actors_nice=-1"], "placement.actors_nice"),
     (["actor.num_envs=0"], "actor.num_envs"),
     (["algo.group_size=0"], "algo.group_size"),
     (["algo.group_size=1"], "algo.group_size"),

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
+import pytest
 
 from deploy.supervisor import ProcessSupervisor, reap_stale
 from tests.ingest_helpers import REPO, wait_until
@@ -189,6 +191,32 @@ def test_placement_pins_the_child_and_what_it_starts(tmp_path):
     assert lines == [f"[{cores[-1]}]", f"[{cores[-1]}]"]     # the child and its own child
 
 
+def test_nice_lowers_the_childs_priority_and_what_it_starts(tmp_path):
+    base = os.nice(0)
+    code = ("import os, subprocess, sys; print(os.nice(0), flush=True); "
+            "subprocess.run([sys.executable, '-c', 'import os; print(os.nice(0))'])")
+    sup = ProcessSupervisor("niced", [sys.executable, "-c", code], max_restarts=0,
+                            log_path=str(tmp_path / "niced.log"), nice=5).start()
+    wait_until(lambda: not sup.alive, 30, "the niced child to finish")
+    assert sup.returncode == 0
+    expected = str(min(base + 5, 19))
+    assert (tmp_path / "niced.log").read_text().split() == [expected, expected]
+
+
+def test_nice_holds_across_sessions_under_autogroup(tmp_path):
+    """Each child starts its own autogroup (setsid); under autogroup scheduling that
+    group's nice is what ranks it against the other roles, so it must carry the value too."""
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if not enabled.exists() or enabled.read_text().strip() != "1":
+        pytest.skip("this kernel does not schedule by autogroup")
+    code = "print(open('/proc/self/autogroup').read().split()[-1])"
+    sup = ProcessSupervisor("niced", [sys.executable, "-c", code], max_restarts=0,
+                            log_path=str(tmp_path / "niced.log"), nice=7).start()
+    wait_until(lambda: not sup.alive, 30, "the niced child to finish")
+    assert sup.returncode == 0
+    assert (tmp_path / "niced.log").read_text().split() == [str(min(os.nice(0) + 7, 19))]
+
+
 def test_role_commands_carry_each_roles_cores():
     from common.config import load_config
     from deploy.roles import placement_text, role_commands
@@ -197,6 +225,10 @@ def test_role_commands_carry_each_roles_cores():
     assert {n: c.cpus for n, c in commands.items()} == {
         "store": (), "learner": (0,), "actor-0": (1,), "actor-1": (1,)}
     assert placement_text(commands) == "learner cpus 0, actor-0 cpus 1, actor-1 cpus 1"
+    niced = role_commands(load_config(["num_actors=1", "placement.actors_nice=10"]), [], {},
+                          range(1))
+    assert {n: c.nice for n, c in niced.items()} == {"store": 0, "learner": 0, "actor-0": 10}
+    assert placement_text(niced) == "actor-0 nice 10"
     hosted = load_config(["learner.host_store=true", "placement.learner=[0]",
                           "placement.store=[1]"])
     assert role_commands(hosted, [], {}, [])["learner"].cpus == (0, 1)
