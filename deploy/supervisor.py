@@ -69,11 +69,11 @@ def _child_setup(death_signal: Optional[Callable[[], None]], cpus: tuple[int, ..
         if cpus:
             os.sched_setaffinity(0, cpus)
         if nice:
-            _session_nice(os.nice(nice))
+            _autogroup_nice(os.nice(nice))
     return setup
 
 
-def _session_nice(nice: int) -> None:
+def _autogroup_nice(nice: int) -> None:
     """Under Linux's autogroup scheduling CPU time is shared between autogroups first, and
     each child starts its own (setsid), so a nice value alone would only rank the child
     against itself: its autogroup gets the same value (raising it needs no privilege).

@@ -115,18 +115,22 @@ def saved_micro_policy(tmp_path: Path) -> Path:
     return policy_dir
 
 
+def run_command(args: list[str]) -> dict:
+    """``pushcut run ARGS`` as subprocess keywords: its argv, the repository as the working
+    directory, Weights & Biases offline."""
+    return {"args": [sys.executable, "-m", "deploy.cli", "run", *args], "cwd": ROOT,
+            "env": {**os.environ, "WANDB_MODE": "offline"}}
+
+
 def start_run(args: list[str], out_path: Path) -> subprocess.Popen:
     """``pushcut run ARGS`` in the background, its output in ``out_path``."""
     with open(out_path, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                                env={**os.environ, "WANDB_MODE": "offline"}, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(**run_command(args), stdout=out, stderr=subprocess.STDOUT)
 
 
 def pushcut_run(args: list[str], timeout_s: float) -> str:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(**run_command(args), capture_output=True, text=True,
+                          timeout=timeout_s)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     return out

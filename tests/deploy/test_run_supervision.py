@@ -5,11 +5,9 @@ survives its children is in test_chaos.py)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from deploy.run_status import StatusBoard, one_line, render
-from tests.deploy.test_run_local import ROOT, saved_micro_policy, tiny_run_args
+from tests.deploy.test_run_local import run_command, saved_micro_policy, tiny_run_args
 
 # (overrides, the key the one-line error must name)
 BAD = [
@@ -79,8 +77,7 @@ def test_a_bad_setting_is_one_line_and_exit_2_with_nothing_started(tmp_path, bad
     if not any(b.startswith("num_actors=") for b in bad):
         args.append("num_actors=2")
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t0
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stdout + done.stderr
@@ -122,9 +119,7 @@ def test_a_child_out_of_restarts_fails_the_run_naming_it_its_exit_and_its_log(tm
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         t0 = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "deploy.cli", "run", *args], cwd=ROOT,
-                              env={**os.environ, "WANDB_MODE": "offline"},
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-4000:]
     stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", done.stdout, re.M).group(1))

@@ -203,7 +203,7 @@ def test_nice_lowers_the_childs_priority_and_what_it_starts(tmp_path):
     assert (tmp_path / "niced.log").read_text().split() == [expected, expected]
 
 
-def test_nice_holds_across_sessions_under_autogroup(tmp_path):
+def test_nice_holds_for_the_childs_autogroup(tmp_path):
     """Each child starts its own autogroup (setsid); under autogroup scheduling that
     group's nice is what ranks it against the other roles, so it must carry the value too."""
     enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
