@@ -1,5 +1,7 @@
 """``pushcut bench <name>``: throughput benchmarks, each against its stage's own limit
-measured in the same run. Each benchmark prints its figures and returns them as a dict."""
+measured in the same run. Each benchmark prints its figures and returns them as a dict; the
+machine's calibration (common/calibration.py: cores, one-thread matmul GFLOPS) is printed
+first and kept beside them, so that a figure can be mapped to another machine."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from common.calibration import calibrate
 from common.config import PushcutConfig
 
 BENCHMARKS = {
@@ -29,7 +32,10 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
               file=sys.stderr)
         return 2
     module, func = BENCHMARKS[args[0]][0].split(":")
-    figures = getattr(importlib.import_module(module), func)(cfg)
+    calibration = calibrate()      # before the benchmark, while the cores are quiet
+    print(f"machine: {calibration.line()}", flush=True)
+    figures = {**getattr(importlib.import_module(module), func)(cfg),
+               "calibration": calibration.to_dict()}
     if cfg.bench.out:
         Path(cfg.bench.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.bench.out).write_text(json.dumps(figures, indent=2))

@@ -45,6 +45,12 @@ class Point:
     ci95: list[float] | None = None
     family_ci95: dict[str, list[float]] = field(default_factory=dict)
     outcomes: dict[str, list[int]] = field(default_factory=dict)   # task -> per episode
+    env_steps_trained: int = 0   # of env_steps, those in groups the learner trained on
+
+    @property
+    def trained_share(self) -> float | None:
+        """The share of the generated env steps that were trained on (None: unknown)."""
+        return self.env_steps_trained / self.env_steps if self.env_steps else None
 
 
 @dataclass
@@ -102,7 +108,7 @@ def read_curve(rl: Path, mode: str, sft: Point | None) -> Curve:
         # env_steps counts the actors' heartbeats; without heartbeats, what was trained on
         steps = info.get("env_steps") or info.get("env_steps_trained") or 0
         points.append(Point(int(info["policy_version"]), float(info["wall_s"]), int(steps),
-                            *found))
+                            *found, env_steps_trained=int(info.get("env_steps_trained", 0))))
     complete = bool(snaps) and bool(read_snapshot_info(snaps[-1]).get("final"))
     return Curve(mode, points, complete)
 
@@ -192,6 +198,8 @@ def speed_rows(result: ExperimentResult, target: float | None) -> list[list[str]
         row("RL wall time (s)", [f.wall_s if f else None for f in finals], ".0f"),
         row("policy versions", [f.policy_version if f else None for f in finals], "d"),
         row("env steps", [f.env_steps if f else None for f in finals], ",d"),
+        row("share of env steps trained on", [f.trained_share if f else None for f in finals],
+            ".2f"),
     ]
     if hits:
         rows += [

@@ -88,6 +88,7 @@ def test_report_table_numbers_and_png(experiment, tmp_path):
     # async, sync, async/sync
     assert rows["RL wall time (s)"] == ["900", "1500", "0.60"]
     assert rows["env steps"] == ["60,000", "30,000", "2.00"]
+    assert rows["share of env steps trained on"] == ["0.50", "0.50", "1.00"]
     assert rows["wall time to 90% (s)"] == ["600", "1500", "0.40"]
     assert rows["env steps to 90%"] == ["40,000", "30,000", "1.33"]
     assert "Target 90% (target)" in text and "Incomplete" not in text
