@@ -16,16 +16,15 @@ Initial weights: the learner's latest version if one answers within ``actor.weig
 else ``model.checkpoint`` or fresh weights (policy_version 0) until the learner publishes.
 Any number of actors may start and stop at any time. SIGTERM/SIGINT: the round in progress is
 cut at its next decision step (its unfinished groups are dropped, its finished ones sent), the
-acks are awaited for up to ``actor.flush_timeout_s``, then the process exits 0.
+acks are awaited for up to ``actor.flush_timeout_s`` (a second signal stops that wait), then
+the process exits 0.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 import zlib
@@ -40,6 +39,9 @@ from actors.actor import Actor, double_buffer_for  # noqa: E402
 from actors.env_workers import make_workers  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import FilterWindow, TaskScheduler  # noqa: E402
+from common.process import (  # noqa: E402
+    USAGE_ERROR, StopSignals, setup_logging, unexpected_arguments,
+)
 from common.transport.heartbeats import HeartbeatSender  # noqa: E402
 from common.transport.curve import CurveClientKeys  # noqa: E402
 from common.transport.trajectories import TrajectorySender  # noqa: E402
@@ -210,8 +212,9 @@ def loop(cfg, actor: Actor, sender: TrajectorySender, acks: AckLog,
         acks.update(sender)
 
 
-def run_actor(cfg, stop: threading.Event) -> dict:
-    """The whole actor lifetime; returns the final summary. Reusable by launchers."""
+def run_actor(cfg, stop: threading.Event, hurry: threading.Event | None = None) -> dict:
+    """The whole actor lifetime; returns the final summary. Reusable by launchers. Once
+    ``hurry`` is set the flush stops waiting for acknowledgements."""
     actor_id = cfg.actor.actor_id or f"{socket.gethostname()}-{os.getpid()}"
     if cfg.actor.torch_threads:
         torch.set_num_threads(cfg.actor.torch_threads)
@@ -234,11 +237,13 @@ def run_actor(cfg, stop: threading.Event) -> dict:
         progress = ProgressLog(actor, sender, cfg, curve).start()
         started = time.monotonic()
         loop(cfg, actor, sender, acks, stop)
-        flushed = sender.flush(cfg.actor.flush_timeout_s)
+        flushed = sender.flush(cfg.actor.flush_timeout_s,
+                               give_up=hurry.is_set if hurry is not None else None)
         acks.update(sender)
         if not flushed:
-            log.warning("%d trajectories still unacknowledged after %.0fs; dropping them",
-                        sender.in_flight, cfg.actor.flush_timeout_s)
+            log.warning("%d trajectories still unacknowledged (%s); dropping them",
+                        sender.in_flight, "told to hurry" if hurry is not None and
+                        hurry.is_set() else f"after {cfg.actor.flush_timeout_s:.0f}s")
         log.info(progress.line())
         return summary(actor, sender, flushed, started)
     finally:
@@ -249,34 +254,13 @@ def run_actor(cfg, stop: threading.Event) -> dict:
                 part.close()
 
 
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        from rich.console import Console
-        from rich.logging import RichHandler
-        # logs on stderr: stdout carries only the final summary line
-        logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(console=Console(
-                                stderr=True, width=None if sys.stderr.isatty() else 200),
-                                show_path=False)])
-
-
 def main(cfg, args: list[str]) -> int:
     """``pushcut actor [key=value ...]``."""
-    if args:
-        print(f"pushcut actor: unexpected argument(s) {args} (only key=value overrides)",
-              file=sys.stderr)
-        return 2
-    _setup_logging()
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():            # a second signal: do not wait for the flush
-            raise KeyboardInterrupt
-        log.info("signal %d: finishing (unfinished groups are dropped)", signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    result = run_actor(cfg, stop)
+    if unexpected_arguments("actor", args):
+        return USAGE_ERROR
+    setup_logging()
+    # a second signal is seen by the flush, which then stops waiting for the acks
+    signals = StopSignals(log, stopping="finishing (unfinished groups are dropped)").install()
+    result = run_actor(cfg, signals.stop, signals.hurry)
     print("actor stopped: " + json.dumps(result), flush=True)
     return 0

@@ -5,14 +5,14 @@ In: ``run_dir`` (the learner writes ``<run_dir>/snapshots/v<N>/`` every
 Out: ``<run_dir>/evals/v<N>/eval.json`` (greedy, Wilson intervals, per-episode outcomes on
 the same held-out initial states as the start policy's evaluation) for the newest snapshot
 not yet evaluated, one after another, until SIGTERM/SIGINT or, with ``--until-final``,
-until the learner's final snapshot is evaluated. ``pushcut run`` starts one when
+until the learner's final snapshot is evaluated. On a signal the snapshot in hand is
+finished first; a second signal leaves at once. ``pushcut run`` starts one when
 ``learner.snapshot_every > 0``; its status shows the latest figure.
 
     pushcut evaluator run_dir=runs/r1 eval.episodes_per_task=10
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from common.config.schema import PushcutConfig
+from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from learner.snapshots import list_snapshots, read_snapshot_info
 
 POLL_S = 2.0
@@ -76,18 +77,17 @@ def watch(cfg: PushcutConfig, stop: threading.Event, until_final: bool = False) 
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
     """``pushcut evaluator [--until-final] [key=value ...]``."""
-    if any(a != "--until-final" for a in args):
-        print(f"pushcut evaluator: unexpected argument(s) {args} (only --until-final)",
-              file=sys.stderr)
-        return 2
+    if unexpected_arguments("evaluator", args, allowed=["--until-final"],
+                            expected="only --until-final and key=value overrides"):
+        return USAGE_ERROR
     if cfg.eval.episodes_per_task < 1:
         print("pushcut evaluator: eval.episodes_per_task must be >= 1", file=sys.stderr)
         return 2
     from actors.evaluate import infer_like_an_actor
     infer_like_an_actor(cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    done = watch(cfg, stop, until_final="--until-final" in args)
+    # an evaluation in progress is not cut short by the first signal; the second leaves
+    # at once (its eval.json is written last, so the snapshot counts as not evaluated)
+    signals = StopSignals(exit_on_hurry=True).install()
+    done = watch(cfg, signals.stop, until_final="--until-final" in args)
     print(f"evaluator stopped: {done} snapshot(s) evaluated", flush=True)
     return 0

@@ -20,7 +20,8 @@ Out, under ``run_dir``: the directories above, ``logs/<stage>.log``, ``experimen
 ``pushcut report`` (deploy/report.py) writes: ``results.json``, ``report.md``, ``report.png``.
 The RL budget is ``learner.max_wall_s`` / ``learner.max_versions`` (one of them is required),
 curves come from the snapshots every ``learner.snapshot_every`` versions (required >= 1). An
-interrupted RL stage (Ctrl-C) resumes from its last checkpoint on the next run.
+interrupted RL stage (Ctrl-C; a second one hurries the stage's shutdown) resumes from its
+last checkpoint on the next run.
 
     pushcut experiment onedemo
     pushcut experiment fulldemo demos.out=runs/demos50 learner.max_wall_s=1800
@@ -29,8 +30,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from common.config.schema import PushcutConfig
+from common.process import StopSignals
 from deploy.evaluator import eval_dir
 from deploy.roles import RoleCommand, config_overrides, literal as _literal, role_process
 from learner.snapshots import budget_spent, list_snapshots
@@ -152,9 +152,10 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_stage(stage: Stage, log_dir: Path, stop: threading.Event, progress: Progress,
+def run_stage(stage: Stage, log_dir: Path, signals: StopSignals, progress: Progress,
               record: ExperimentRecord) -> None:
-    """Start the stage's command, wait for it (Ctrl-C stops it), check its output."""
+    """Start the stage's command, wait for it (Ctrl-C stops it, a second Ctrl-C hurries
+    it), check its output."""
     task = progress.add_task(f"{stage.name}: pushcut {stage.role}", total=None)
     stage.before()
     child = role_process(stage.name, RoleCommand(stage.role, stage.args), log_dir,
@@ -163,8 +164,8 @@ def run_stage(stage: Stage, log_dir: Path, stop: threading.Event, progress: Prog
                  started_at=time.time())
     t0 = time.monotonic()
     while child.alive:
-        if stop.wait(0.5):
-            child.stop(timeout_s=180)
+        if signals.stop.wait(0.5):
+            child.stop(timeout_s=180, hurry=signals.hurry)
             record.stage(stage.name, status="interrupted", wall_s=time.monotonic() - t0)
             raise StageFailed(f"interrupted during {stage.name}; run the command again to "
                               "resume")
@@ -183,7 +184,7 @@ def run_stage(stage: Stage, log_dir: Path, stop: threading.Event, progress: Prog
                     completed=1)
 
 
-def run_experiment(cfg: PushcutConfig, name: str, overrides: list[str], stop: threading.Event,
+def run_experiment(cfg: PushcutConfig, name: str, overrides: list[str], signals: StopSignals,
                    console: Console) -> dict:
     """All stages of the experiment in ``cfg.run_dir``; -> the experiment record."""
     check_config(cfg)
@@ -201,7 +202,7 @@ def run_experiment(cfg: PushcutConfig, name: str, overrides: list[str], stop: th
                 if record.data["stages"].get(stage.name, {}).get("status") != "done":
                     record.stage(stage.name, status="reused", output=str(stage.output))
                 continue
-            run_stage(stage, log_dir, stop, progress, record)
+            run_stage(stage, log_dir, signals, progress, record)
     return record.data
 
 
@@ -228,12 +229,10 @@ def main(cfg: PushcutConfig, args: list[str], overrides: list[str] | None = None
     except Exception as exc:   # hydra names a missing experiment file; show just that
         console.print(f"[red]pushcut experiment: {exc}")
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    signals = StopSignals().install()
     console.print(f"[bold]pushcut experiment {name}[/]: {Path(cfg.run_dir).resolve()}")
     try:
-        data = run_experiment(cfg, name, full, stop, console)
+        data = run_experiment(cfg, name, full, signals, console)
     except StageFailed as exc:
         console.print(f"[red]pushcut experiment {name}: {exc}")
         return 1

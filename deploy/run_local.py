@@ -32,7 +32,9 @@ in the status (``restarts`` in ``run.jsonl``). The run ends when the learner fin
 (``learner.max_versions``, ``learner.max_wall_s``), when a child has no restart left, when
 every actor finished (``actor.max_groups``) or on Ctrl-C / SIGTERM, which reach only this
 process; it then stops the children in order: actors (SIGTERM: finished groups are flushed),
-learner (SIGTERM: final checkpoint), store. Exit status 0 when no child failed for good and
+learner (SIGTERM: final checkpoint), store. A second Ctrl-C / SIGTERM drops the order and
+the graceful waits: every child still running gets a second SIGTERM (it hurries too) and a
+few seconds before it is killed. Exit status 0 when no child failed for good and
 the learner stopped cleanly, else 1, after naming each failed child, its exit status and the
 last lines of its log; 2 for a bad configuration.
 """
@@ -51,6 +53,7 @@ from rich.console import Console
 from rich.live import Live
 
 from common.config.schema import PushcutConfig
+from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import (
     RoleCommand, config_overrides, literal as _literal, local_addresses, merge, override,
     role_commands, role_process, run_paths,
@@ -62,13 +65,14 @@ from deploy.supervisor import ProcessSupervisor
 STATUS_EVERY_S = 1.0
 PLAIN_STATUS_EVERY_S = 10.0
 def run_step(name: str, role: str, overrides: list[str], log_dir: Path, console: Console,
-             stop: threading.Event) -> None:
-    """Run a preparation command to completion (output in its log); Ctrl-C stops it."""
+             signals: StopSignals) -> None:
+    """Run a preparation command to completion (output in its log); Ctrl-C stops it (a
+    second Ctrl-C hurries it)."""
     child = role_process(name, RoleCommand(role, overrides), log_dir, max_restarts=0).start()
     console.print(f"[bold]pushcut run[/]: {name} (pid {child.pid}, log {child.log_path})")
     while child.alive:
-        if stop.wait(0.5):
-            child.stop(timeout_s=30)
+        if signals.stop.wait(0.5):
+            child.stop(timeout_s=30, hurry=signals.hurry)
             raise RuntimeError(f"interrupted during `pushcut {role}`")
     if child.returncode != 0:
         raise RuntimeError(f"`pushcut {role}` failed (exit {child.returncode}); "
@@ -76,7 +80,7 @@ def run_step(name: str, role: str, overrides: list[str], log_dir: Path, console:
 
 
 def prepare_policy(cfg: PushcutConfig, run_dir: Path, log_dir: Path, console: Console,
-                   stop: threading.Event) -> str:
+                   signals: StopSignals) -> str:
     """The checkpoint RL starts from: model.checkpoint, else <run_dir>/sft/final, made with
     `pushcut demos` + `pushcut sft` when missing."""
     if cfg.model.checkpoint:
@@ -92,14 +96,14 @@ def prepare_policy(cfg: PushcutConfig, run_dir: Path, log_dir: Path, console: Co
     if not (demos / "index.jsonl").exists():
         # the expert gets the tasks' own step limits: env.max_steps is meant for RL episodes
         run_step("demos", "demos", [*common, override("demos.out", str(demos)),
-                                    override("env.max_steps", None)], log_dir, console, stop)
+                                    override("env.max_steps", None)], log_dir, console, signals)
     run_step("sft", "sft", [*common, override("sft.demos", str(demos)),
-                            override("sft.out", str(run_dir / "sft"))], log_dir, console, stop)
+                            override("sft.out", str(run_dir / "sft"))], log_dir, console, signals)
     return str(sft_final)
 
 
 def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_dir: Path,
-                      console: Console, stop: threading.Event) -> PushcutConfig:
+                      console: Console, signals: StopSignals) -> PushcutConfig:
     """The start policy's held-out success, greedy and sampled (deploy/start_policy.py);
     -> the config with the temperature RL samples at. Raises StartPolicyTooWeak."""
     if cfg.run.eval_episodes < 1:
@@ -109,7 +113,7 @@ def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_di
         run_step("eval_start", "eval", [
             checkpoint, *config_overrides(cfg), override("eval.out", str(out)),
             override("eval.temperatures", temperatures), override("eval.videos_per_task", 0),
-            override("eval.episodes_per_task", cfg.run.eval_episodes)], log_dir, console, stop)
+            override("eval.episodes_per_task", cfg.run.eval_episodes)], log_dir, console, signals)
 
     temperature, line = measure(cfg, run_dir / "eval_start", evaluate)
     console.print(f"[bold]pushcut run[/]: {line}")
@@ -157,17 +161,22 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)   # polling interval of the condition above
 
 
-def stop_children(children: dict[str, ProcessSupervisor],
-                  actor_timeout_s: float = 60.0) -> dict[str, int | None]:
+def stop_children(children: dict[str, ProcessSupervisor], actor_timeout_s: float = 60.0,
+                  hurry: threading.Event | None = None) -> dict[str, int | None]:
     """Actors and evaluator first, all at once (their finished groups still reach the
-    store; SIGKILL after ``actor_timeout_s``), then learner, store. -> name -> exit status."""
+    store; SIGKILL after ``actor_timeout_s``), then learner, store. Once ``hurry`` is set
+    (a second Ctrl-C) the order is dropped: what still runs is told to stop at once and
+    hurried (see ProcessSupervisor.stop). -> name -> exit status."""
     servers = [n for n in ("learner", "store") if n in children]
     first = [n for n in children if n not in servers]
     for name in first:
         children[name].request_stop()
-    exits = {n: children[n].stop(timeout_s=actor_timeout_s) for n in first}
-    return {**exits, **{n: children[n].stop(timeout_s=120 if n == "learner" else 60)
-                        for n in servers}}
+    exits = {n: children[n].stop(timeout_s=actor_timeout_s, hurry=hurry) for n in first}
+    if hurry is not None and hurry.is_set():
+        for name in servers:
+            children[name].request_stop()
+    return {**exits, **{n: children[n].stop(timeout_s=120 if n == "learner" else 60,
+                                            hurry=hurry) for n in servers}}
 
 
 def describe_exit(code: int | None) -> str:
@@ -264,10 +273,8 @@ def report_failures(children: dict[str, ProcessSupervisor], exits: dict[str, int
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
     """``pushcut run [key=value ...]``."""
-    if args:
-        print(f"pushcut run: unexpected argument(s) {args} (only key=value overrides)",
-              file=sys.stderr)
-        return 2
+    if unexpected_arguments("run", args):
+        return USAGE_ERROR
     if cfg.mode not in ("async", "sync"):
         print(f"pushcut run: mode must be async or sync, got {cfg.mode!r}", file=sys.stderr)
         return 2
@@ -275,12 +282,10 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     run_dir = Path(cfg.run_dir).resolve()
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    signals = StopSignals().install()
     try:
-        checkpoint = prepare_policy(cfg, run_dir, log_dir, console, stop)
-        cfg = start_temperature(cfg, checkpoint, run_dir, log_dir, console, stop)
+        checkpoint = prepare_policy(cfg, run_dir, log_dir, console, signals)
+        cfg = start_temperature(cfg, checkpoint, run_dir, log_dir, console, signals)
     except (RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]pushcut run: {exc}")
         return 1
@@ -293,10 +298,11 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         board.placement = {n: list(c.cpus) for n, c in children.items() if c.cpus}
         if cfg.placement.env_workers:
             board.placement["env workers"] = list(cfg.placement.env_workers)
-        reason = supervise(children, board, run_dir, stop, console)
+        reason = supervise(children, board, run_dir, signals.stop, console)
     finally:
         # the actors flush for actor.flush_timeout_s; one stuck on a dead store is killed
-        exits = stop_children(children, actor_timeout_s=cfg.actor.flush_timeout_s + 20)
+        exits = stop_children(children, actor_timeout_s=cfg.actor.flush_timeout_s + 20,
+                              hurry=signals.hurry)
         figures = board.figures({n: c.state for n, c in children.items()},
                                 {n: c.restarts for n, c in children.items()})
         board.close()

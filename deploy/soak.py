@@ -10,7 +10,8 @@ growth per hour: the least-squares slope after start-up). Unless overridden, the
 checkpoints live under ``run_dir``, so a soak never touches another run's files. The roles
 run as separate OS processes under :class:`~deploy.supervisor.ProcessSupervisor`, with the
 command lines ``pushcut run`` gives them (deploy/roles.py); a role that dies is restarted
-and the restart is reported.
+and the restart is reported. Ctrl-C / SIGTERM ends the soak early (the summary covers what
+was sampled); a second one hurries the roles' shutdown.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from common.process import StopSignals
 from deploy.roles import local_addresses, role_commands, role_process, run_local_paths
 from deploy.supervisor import ProcessSupervisor
 
@@ -137,6 +139,8 @@ def main(cfg, args: list[str], overrides: list[str] | None = None) -> int:
     console = Console()
     overrides, store_path = run_local_paths(cfg, list(overrides or []))
     versions = VersionTail(Path(cfg.run_dir) / "learner.jsonl")
+    # before the roles start: a SIGTERM must never leave them running without their soak
+    signals = StopSignals().install()
     sups = start_roles(cfg, overrides)
     t0, rows = time.monotonic(), []
     try:
@@ -147,12 +151,11 @@ def main(cfg, args: list[str], overrides: list[str] | None = None) -> int:
                 f.flush()
                 console.print(" ".join(f"{k}={v}" for k, v in rows[-1].items()
                                        if not k.endswith(".restarts")))
-                time.sleep(every)  # the sampling period
-    except KeyboardInterrupt:
-        pass
+                if signals.stop.wait(every):  # the sampling period; Ctrl-C ends the soak
+                    break
     finally:
         for s in reversed(list(sups.values())):
-            s.stop(30)
+            s.stop(30, hurry=signals.hurry)
     if rows:
         console.print(summarise(rows, list(sups)))
         console.print(f"policy_version reached: {rows[-1]['policy_version']}; "

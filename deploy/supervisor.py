@@ -36,6 +36,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ import psutil
 
 log = logging.getLogger("pushcut.supervisor")
 _PR_SET_PDEATHSIG = 1
+# a hurried child (see ProcessSupervisor.stop) gets this long before its group is SIGKILLed
+HURRY_S = 10.0
 
 
 def _parent_death_signal(sig: int) -> Optional[Callable[[], None]]:
@@ -277,19 +280,37 @@ class ProcessSupervisor:
             self.proc.send_signal(signal.SIGTERM)
             self._term_sent = True
 
-    def stop(self, timeout_s: float = 30.0) -> Optional[int]:
+    def stop(self, timeout_s: float = 30.0,
+             hurry: Optional[threading.Event] = None) -> Optional[int]:
         """SIGTERM the child (unless :meth:`request_stop` did), SIGKILL its process group
-        after ``timeout_s`` (and whatever of the group is left once the child exited).
-        -> exit code."""
+        after ``timeout_s`` (and whatever of the group is left once the child exited). Once
+        ``hurry`` is set (the launcher got a second signal), the child gets a second SIGTERM,
+        its own "hurry", and at most :data:`HURRY_S` more. -> exit code."""
         self.request_stop()
         if not self.alive:
             return self.proc.returncode if self.proc else None
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
+        if not self._wait_exit(timeout_s, hurry):
+            log.warning("%s did not stop in time; killing it", self.name)
         self._kill_group()
         return self.proc.wait(10)
+
+    def _wait_exit(self, timeout_s: float, hurry: Optional[threading.Event]) -> bool:
+        """Wait for the child to exit (-> True) until ``timeout_s``, cut short by ``hurry``."""
+        deadline, hurried = time.monotonic() + timeout_s, False
+        while True:
+            if hurry is not None and hurry.is_set() and not hurried:
+                hurried = True
+                if self.alive:
+                    self.proc.send_signal(signal.SIGTERM)
+                deadline = min(deadline, time.monotonic() + HURRY_S)
+            left = deadline - time.monotonic()
+            try:
+                # in slices while hurry may still come: a signal handler cannot end a wait
+                self.proc.wait(max(0.0, min(left, 0.2) if hurry is not None else left))
+                return True
+            except subprocess.TimeoutExpired:
+                if left <= 0:
+                    return False
 
     def _kill_group(self) -> None:
         """Right after the child exited (or while it still runs): its pid, the group's id, is

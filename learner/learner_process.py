@@ -16,7 +16,8 @@ spawned (one OS process each) and follow rank 0's commands over torch.distribute
 the newest checkpoint is resumed automatically (weights, optimiser, version, consumption
 marks, RNG). ``learner.max_versions``: stop once policy_version reaches it (an absolute
 version, so a resumed run stops at the same place). SIGINT/SIGTERM: finish the update in
-progress, write a checkpoint, stop the other ranks, exit 0.
+progress, write a checkpoint, stop the other ranks, exit 0; a second signal leaves at once
+(no final checkpoint: a restart resumes from the last one).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import ctypes
 import json
 import logging
 import signal
-import sys
 import threading
 
 import torch
@@ -34,6 +34,7 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from common.config.schema import PushcutConfig
+from common.process import USAGE_ERROR, StopSignals, setup_logging, unexpected_arguments
 from learner.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore_rng
 from learner.learner import Learner
 from learner.ranks import effective_algo, follow
@@ -105,34 +106,23 @@ def _follower_entry(rank: int, world_size: int, init_method: str, cfg_yaml: str)
     run_rank(rank, world_size, init_method, cfg_yaml)
 
 
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        from rich.logging import RichHandler
-        logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(show_path=False)])
+# how long rank 0 waits for each follower rank to exit: a clean stop, or a hurried one
+FOLLOWER_JOIN_S = 60.0
+HURRIED_FOLLOWER_JOIN_S = 5.0
 
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
     """``pushcut learner [key=value ...]``."""
-    if args:
-        print(f"pushcut learner: unexpected argument(s) {args} (only key=value overrides)",
-              file=sys.stderr)
-        return 2
-    _setup_logging()
+    if unexpected_arguments("learner", args):
+        return USAGE_ERROR
+    setup_logging()
     effective_algo(cfg)   # reject a bad mode before starting anything
     world_size = max(1, cfg.learner.world_size)
     init_method = f"tcp://127.0.0.1:{free_port()}"
     cfg_yaml = cfg_to_yaml(cfg)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.info("signal %d: stopping after the update in progress", signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    # an update cannot be cut short from outside: a second signal leaves at once instead
+    signals = StopSignals(log, stopping="stopping after the update in progress",
+                          exit_on_hurry=True).install()
     ctx = mp.get_context("spawn")
     followers = [ctx.Process(target=_follower_entry, name=f"learner-rank{r}", daemon=True,
                              args=(r, world_size, init_method, cfg_yaml))
@@ -140,10 +130,11 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     for p in followers:
         p.start()
     try:
-        summary = run_rank(0, world_size, init_method, cfg_yaml, stop)
+        summary = run_rank(0, world_size, init_method, cfg_yaml, signals.stop)
     finally:
         for p in followers:
-            p.join(timeout=60)
+            p.join(timeout=HURRIED_FOLLOWER_JOIN_S if signals.hurry.is_set()
+                   else FOLLOWER_JOIN_S)
             if p.is_alive():
                 log.warning("rank %s did not stop; terminating it", p.name)
                 p.terminate()

@@ -4,7 +4,8 @@ In: trajectories from any number of actors on ``store.ingest_address`` (see
 common/transport/trajectories.py for the frames). Out: the LMDB environment at ``store.path``, which the
 learner opens (same path, other process) to read complete groups and mark them consumed.
 Every ``store.log_every_s`` it logs throughput, rejections by reason and the store's size;
-SIGINT/SIGTERM stop it cleanly (last batch acknowledged, final stats line, LMDB closed).
+SIGINT/SIGTERM stop it cleanly (last batch acknowledged, final stats line, LMDB closed); a
+second signal leaves at once (unacknowledged trajectories are resent by their actors).
 
     pushcut store store.path=runs/store store.ingest_address=tcp://0.0.0.0:5555
     pushcut store stats store.path=runs/store      # print the store's figures and exit
@@ -17,13 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
 import threading
 import time
 from typing import Optional
 
 from common.config import StoreConfig
+from common.process import USAGE_ERROR, StopSignals, setup_logging, unexpected_arguments
 from common.transport.curve import CurveServerKeys
 from common.transport.trajectories import IngestServer
 from learner.store import TrajectoryStore
@@ -142,27 +142,17 @@ class StoreService:
             self._ready.set()
 
 
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        from rich.logging import RichHandler
-        logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(show_path=False)])
-
-
 def main(cfg, args: list[str]) -> int:
     """``pushcut store [stats]``."""
     if args == ["stats"]:
         with TrajectoryStore(cfg.store.path, readonly=True) as store:
             print(json.dumps(store.stats()))
         return 0
-    if args:
-        print(f"pushcut store: unknown argument(s) {args} (expected nothing or `stats`)",
-              file=sys.stderr)
-        return 2
-    _setup_logging()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    final = StoreService(cfg.store).run(stop)
+    if unexpected_arguments("store", args, expected="nothing, or `stats`"):
+        return USAGE_ERROR
+    setup_logging()
+    # nothing here waits long once stopped, so a second signal leaves at once
+    signals = StopSignals(log, exit_on_hurry=True).install()
+    final = StoreService(cfg.store).run(signals.stop)
     print("store stopped: " + json.dumps(final), flush=True)
     return 0

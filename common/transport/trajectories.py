@@ -137,12 +137,13 @@ class TrajectorySender:
         self._resend_overdue()
         return handled
 
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until every trajectory is acknowledged or rejected; False on timeout."""
+    def flush(self, timeout_s: float, give_up: Optional[Callable[[], bool]] = None) -> bool:
+        """Wait until every trajectory is acknowledged or rejected; False on timeout, or as
+        soon as ``give_up()`` is true (checked at least once a second: each poll is short)."""
         deadline = time.monotonic() + timeout_s
         while self._pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (give_up is not None and give_up()):
                 return False
             self.poll(self._wait_s(remaining))
         return True

@@ -42,7 +42,7 @@ class StoreProcess:
         with open(log, "w") as f:
             self.proc = pushcut("store", f"store.path={self.path}",
                                 f"store.ingest_address={self.address}", "store.log_every_s=2",
-                                stdout=f, stderr=subprocess.STDOUT)   # rich logs to stdout
+                                stdout=f, stderr=subprocess.STDOUT)   # logs are on stderr
         try:
             wait_for(lambda: "store ingest on" in log.read_text() or self.proc.poll() is not None,
                      120, "the store to bind its ingest socket", every_s=0.2)

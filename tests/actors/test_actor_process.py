@@ -1,7 +1,7 @@
 """``pushcut actor`` as real OS processes against ``pushcut store`` in another process and a
 weight publisher: expert-driven success flags that match the env, initial weights from the
 learner, versions consistent within groups, two actors at once, a store killed with SIGKILL
-and restarted, and SIGTERM."""
+and restarted, SIGTERM, and a second SIGTERM that ends the wait for acknowledgements."""
 from __future__ import annotations
 
 import os
@@ -22,7 +22,7 @@ from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
 from common.transport.heartbeats import HealthMonitor  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.transport.weight_publisher import WeightPublisher  # noqa: E402
-from tests.actors.helpers import StoreProcess, pushcut, wait_for  # noqa: E402
+from tests.actors.helpers import StoreProcess, free_port, pushcut, wait_for  # noqa: E402
 
 
 def start_actor(store: StoreProcess, weights: str, announce: str, beats: str,
@@ -115,6 +115,33 @@ def test_two_actors_store_restart_versions_expert_success_and_sigterm(tmp_path):
     versions = check_groups(groups)
     # the model actor started from the learner's v1 and took v2 mid-run
     assert min(versions) == 1 and versions[2] >= 1 and set(versions) == {1, 2}
+
+
+def test_a_second_sigterm_ends_the_wait_for_acks(tmp_path):
+    """No store answers, so the actor's one group stays unacknowledged and the actor waits
+    up to actor.flush_timeout_s; the first SIGTERM leaves it waiting, the second ends it."""
+    nowhere = [f"tcp://127.0.0.1:{free_port()}" for _ in range(4)]
+    log = tmp_path / "actor.log"
+    with open(log, "w") as err:
+        proc = pushcut("actor", *(f"actor.{k}_address={a}" for k, a in zip(
+            ("store", "weights", "announce", "heartbeat"), nowhere)),
+            "actor.weights_wait_s=0", "model.preset=micro", "model.num_bins=256",
+            "env.suite=spatial", "env.max_steps=16", "algo.group_size=2", "actor.num_envs=2",
+            "actor.max_groups=1", "actor.flush_timeout_s=600", "actor.log_every_s=0.5",
+            stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        wait_for(lambda: "groups 1 |" in log.read_text(), 300, "the group sent", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "signal SIGTERM: finishing" in log.read_text(), 60,
+                 "the first signal handled", proc=proc)
+        assert proc.poll() is None                   # still waiting for the acks
+        proc.send_signal(signal.SIGTERM)
+        summary = finish(proc, 120)                  # well before the 600 s flush timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not summary["flushed"] and summary["in_flight"] == 2 and summary["groups"] == 1
+    assert "unacknowledged (told to hurry)" in log.read_text()
 
 
 def check_groups(groups: dict) -> Counter:

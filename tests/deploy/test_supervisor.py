@@ -1,12 +1,14 @@
 """ProcessSupervisor with real child processes: restarts, and no orphans when the supervisor
 itself is SIGKILLed (the Ray worker case): ``die_with_parent`` and ``pid_file``; the restart
 policy (restarts in a row, growing backoff, a new row after a healthy run, services restarted
-after a clean exit) and the group of a dead child cleared before its restart."""
+after a clean exit), the group of a dead child cleared before its restart, and a stop cut
+short by ``hurry`` (a second SIGTERM to the child)."""
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +109,36 @@ def test_stop_lets_the_child_exit_cleanly_then_clears_its_group(tmp_path):
         assert sup.stop(30) == 0 and sup.returncode == 0     # its SIGTERM handler ran
         wait_until(lambda: gone(grandchild), 30, "the grandchild to be killed with the group")
         assert sup.tail(5) == (line + "\n")[-5:]
+    finally:
+        sup.stop(10)
+
+
+# a role that drains after the first SIGTERM until a second one tells it to hurry
+DRAINING = [sys.executable, "-c", textwrap.dedent("""
+    from common.process import StopSignals
+    signals = StopSignals().install()
+    print("ready", flush=True)
+    signals.stop.wait(120)
+    print("draining", flush=True)
+    print("hurried" if signals.hurry.wait(120) else "drained", flush=True)
+""")]
+
+
+def test_hurry_during_stop_sends_a_second_sigterm(tmp_path):
+    sup = ProcessSupervisor("draining", DRAINING, log_path=str(tmp_path / "d.log"),
+                            max_restarts=0, cwd=str(REPO)).start()
+    hurry = threading.Event()
+
+    def second_ctrl_c() -> None:     # the launcher's second signal, while stop() waits
+        wait_until(lambda: "draining" in sup.tail(), 60, "the child to drain")
+        hurry.set()
+    try:
+        wait_until(lambda: "ready" in sup.tail(), 60, "the child to install its handlers")
+        threading.Thread(target=second_ctrl_c, daemon=True).start()
+        started = time.monotonic()
+        assert sup.stop(300, hurry=hurry) == 0
+        assert time.monotonic() - started < 120           # not the 300 s of a clean stop
+        assert sup.tail_lines(1) == ["hurried"]
     finally:
         sup.stop(10)
 
