@@ -85,8 +85,6 @@ class Actor:
                  groups_per_round: int | None = None, weight_client=None,
                  load_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
                  generator: torch.Generator | None = None):
-        if group_size < 1:
-            raise ValueError(f"algo.group_size must be >= 1, got {group_size}")
         self.rollout = rollout
         self.scheduler = scheduler
         self.actor_id = actor_id

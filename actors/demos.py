@@ -89,13 +89,6 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         print(f"pushcut demos: env.name={cfg.env.name!r} has no scripted expert; use "
               "env=tabletop (LIBERO demonstrations come with the benchmark)")
         return 2
-    if cfg.demos.per_task < 1 or cfg.demos.obs_stride < 1:
-        print(f"pushcut demos: demos.per_task and demos.obs_stride must be >= 1, got "
-              f"{cfg.demos.per_task} and {cfg.demos.obs_stride}")
-        return 2
-    if cfg.demos.label not in ("executed", "clean"):
-        print(f"pushcut demos: demos.label must be executed or clean, got {cfg.demos.label!r}")
-        return 2
     out = Path(cfg.demos.out)
     if (out / "index.jsonl").exists():
         print(f"pushcut demos: {out} already holds a dataset; choose another demos.out "

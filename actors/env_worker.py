@@ -54,14 +54,14 @@ def _handle(env: TaskEnv, msg: dict[str, Any]) -> dict[str, Any]:
 def worker_main(address: str, env_cfg_json: str, seed: int) -> int:
     """Child process: build the env, then answer requests until ``close`` or orphaned."""
     from actors.envs import make_env
-    from common.config.schema import EnvConfig
+    from common.config.envs import env_config
 
     parent = os.getppid()
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(address)
     try:
-        env = make_env(EnvConfig(**json.loads(env_cfg_json)), seed)
+        env = make_env(env_config(json.loads(env_cfg_json)), seed)
     except Exception:
         sock.send(dumps({"ok": False, "error": traceback.format_exc()}))
         return 1

@@ -44,9 +44,9 @@ def task_sheet(path: str | Path, image_size: int = 192, init_state_id: int = 0) 
     import matplotlib.pyplot as plt
 
     from actors.envs.tabletop import FAMILIES, TabletopEnv, tasks_of
-    from common.config.schema import EnvConfig
+    from common.config.envs import TabletopEnvConfig
 
-    env = TabletopEnv(EnvConfig(image_size=image_size))
+    env = TabletopEnv(TabletopEnvConfig(image_size=image_size))
     rows = [tasks_of(f) for f in FAMILIES]
     cols = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 3.3 * len(rows)),

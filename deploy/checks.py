@@ -4,75 +4,31 @@ In: the composed :class:`~common.config.schema.PushcutConfig` and the command's 
 :func:`problems` -> one line per bad setting, ``key=value: what is allowed`` (empty when the
 config is fine); the CLI prints them and exits 2, having started nothing and written nothing.
 
-What is checked, per command (:data:`CHECKS`): counts that must be at least 1
-(``num_actors``, ``actor.num_envs``, ``algo.groups_per_batch``, ``learner.world_size``, ...),
-``algo.group_size >= 2``, ``algo.temperature > 0``, ``0 <= success_lo <= success_hi <= 1``,
-positive intervals, the known choices (``mode``, ``learner.backend``, ``actor.policy``,
-``model.dtype``), the env (``env.name``, its ``suite``, ``layout`` and ``tasks``, the keys of
-``actor.task_weights``: the lists of actors/envs), the model (``model.checkpoint`` a
-``save_pretrained`` directory, else a registered ``model.name`` and one of its presets),
-addresses (``tcp://host:port`` or ``ipc://path``), a writable ``run_dir``, and
-``placement.*`` cores that exist here.
+A value that is wrong anywhere (a count below 1, an unknown choice, a malformed address) is
+refused by its field's rule when the config is made (common/config/rules.py). What is
+checked here needs more than one field's value, per command (:data:`CHECKS`): the run's
+paths and its servers' fixed, distinct ports; the env against the simulators of actors/envs
+(``env.name`` and the settings of its ``env`` option, ``suite``, ``layout`` and ``tasks``,
+the keys of ``actor.task_weights``); the model (``model.checkpoint`` a ``save_pretrained``
+directory, else a registered ``model.name`` and one of its presets); a writable
+``run_dir``; and the machine (``placement.*`` cores that exist here, SCHED_FIFO allowed).
 
-``pushcut run`` (and ``experiment``, which runs it) keeps its store and checkpoints under
-``run_dir``: a ``store.path`` or ``learner.checkpoint_dir`` other than the default (or the
-run's own) is refused there rather than silently ignored; its servers need fixed, distinct
-ports, since the actors dial them. The model check imports torch and the model's config
-module (a few seconds), so it runs only when every cheap check passed.
+``pushcut run`` (and ``soak``, which starts the same roles) keeps its store and checkpoints
+under ``run_dir``: a ``store.path`` or ``learner.checkpoint_dir`` other than the default (or
+the run's own) is refused there rather than silently ignored. The model check imports torch
+and the model's config module (a few seconds), so it runs only when every cheap check passed.
 """
 from __future__ import annotations
 
-import math
 import os
-import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
+from common.config.endpoints import ENDPOINTS
+from common.config.envs import TabletopEnvConfig
+from common.config.rules import tcp_port
 from common.config.schema import PushcutConfig
-
-# (key, lowest allowed value, may be null)
-COUNTS = {
-    "run": [("num_actors", 1, False), ("run.eval_episodes", 0, False)],
-    "algo": [("algo.group_size", 2, False), ("algo.groups_per_batch", 1, False),
-             ("algo.micro_batch_size", 1, False), ("algo.mini_batches", 1, False),
-             ("algo.epochs_per_batch", 1, False), ("algo.max_staleness", 0, False)],
-    "actor": [("actor.num_envs", 1, False), ("actor.max_in_flight", 1, False),
-              ("actor.max_groups", 1, True)],
-    "learner": [("learner.world_size", 1, False), ("learner.checkpoint_every", 1, False),
-                ("learner.keep_checkpoints", 1, False), ("learner.snapshot_every", 0, False),
-                ("learner.max_versions", 1, True), ("learner.weight_chunk_mb", 1, False)],
-    "store": [("store.capacity", 1, False), ("store.max_batch", 1, False),
-              ("store.max_batch_mb", 1, False), ("store.max_message_mb", 1, False),
-              ("store.map_size_mb", 1, False)],
-    "env": [("env.image_size", 1, False), ("env.max_steps", 1, True),
-            ("env.num_train_init_states", 1, False), ("env.num_heldout_init_states", 0, False)],
-    "model": [("model.chunk_size", 1, False), ("model.action_dim", 1, False),
-              ("model.num_bins", 2, False)],
-    "eval": [("eval.num_envs", 1, False), ("eval.episodes_per_task", 1, False)],
-    "demos": [("demos.per_task", 1, False), ("demos.obs_stride", 1, False)],
-    "sft": [("sft.steps", 1, False), ("sft.batch_size", 1, False)],
-}
-# (key, may be null): must be > 0
-POSITIVE = {
-    "algo": [("algo.temperature", False), ("algo.lr", False), ("algo.is_cap", False),
-             ("algo.grad_clip", False)],
-    "actor": [("actor.resend_after_s", False), ("actor.heartbeat_s", False),
-              ("actor.log_every_s", False)],
-    "learner": [("learner.poll_s", False), ("learner.heartbeat_timeout_s", False),
-                ("learner.stall_s", False), ("learner.max_wall_s", True)],
-    "store": [("store.log_every_s", False)],
-}
-CHOICES = {
-    "algo": [("mode", ("async", "sync"))],
-    "learner": [("learner.backend", ("auto", "gloo", "nccl"))],
-    "actor": [("actor.policy", ("model", "expert"))],
-    "model": [("model.dtype", ("float32", "bfloat16", "float16"))],
-}
-SERVERS = ("store.ingest_address", "learner.weights_address", "learner.announce_address",
-           "learner.heartbeat_address")
-DIALS = ("actor.store_address", "actor.weights_address", "actor.announce_address")
-ADDRESS = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):(?P<port>\d+|\*)$")
 
 
 def get(cfg: PushcutConfig, key: str) -> Any:
@@ -83,73 +39,21 @@ def get(cfg: PushcutConfig, key: str) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-def check_numbers(cfg: PushcutConfig, section: str) -> list[str]:
-    """The counts, positive values and choices of one section (a key of COUNTS etc.)."""
-    found = []
-    for key, low, nullable in COUNTS.get(section, []):
-        value = get(cfg, key)
-        if not (value is None and nullable) and not (
-                isinstance(value, int) and not isinstance(value, bool) and value >= low):
-            found.append(f"{key}={value!r}: must be an integer >= {low}"
-                         + (" (or null)" if nullable else ""))
-    for key, nullable in POSITIVE.get(section, []):
-        value = get(cfg, key)
-        if not (value is None and nullable) and not (_is_number(value) and value > 0):
-            found.append(f"{key}={value!r}: must be a number > 0"
-                         + (" (or null)" if nullable else ""))
-    for key, allowed in CHOICES.get(section, []):
-        if get(cfg, key) not in allowed:
-            found.append(f"{key}={get(cfg, key)!r}: must be one of {', '.join(allowed)}")
-    return found
-
-
-def check_algo(cfg: PushcutConfig) -> list[str]:
-    """GRPO's ranges: the success interval and the clip bounds."""
-    a, found = cfg.algo, check_numbers(cfg, "algo")
-    lo, hi = a.success_lo, a.success_hi
-    if not (_is_number(lo) and _is_number(hi) and 0 <= lo <= hi <= 1):
-        found.append(f"algo.success_lo={lo!r}, algo.success_hi={hi!r}: must satisfy "
-                     "0 <= success_lo <= success_hi <= 1")
-    if not (_is_number(a.clip_low) and 0 <= a.clip_low < 1):
-        found.append(f"algo.clip_low={a.clip_low!r}: must be in [0, 1)")
-    if not (_is_number(a.clip_high) and a.clip_high >= 0):
-        found.append(f"algo.clip_high={a.clip_high!r}: must be >= 0")
-    floor = cfg.actor.adaptive_floor
-    if not (_is_number(floor) and 0 < floor <= 1):
-        found.append(f"actor.adaptive_floor={floor!r}: must be in (0, 1]")
-    return found
-
-
-def address_problem(key: str, value: Any, bind: bool, any_port: bool) -> Optional[str]:
-    """One address -> a problem line or None. tcp://host:port (port 1-65535, or * where
-    ``any_port``: a server binding a free port; host * only where ``bind``) or ipc://path."""
-    text = str(value)
-    if text.startswith("ipc://") and len(text) > len("ipc://"):
-        return None
-    m = ADDRESS.match(text)
-    port_ok = m is not None and (m["port"] == "*" and any_port or m["port"].isdigit()
-                                 and 1 <= int(m["port"]) <= 65535)
-    if port_ok and (bind or m["host"] != "*"):
-        return None
-    what = ("tcp://HOST:PORT (PORT 1-65535" + (" or *" if any_port else "")
-            + (", HOST not *" if not bind else "") + ") or ipc://PATH")
-    return f"{key}={value!r}: must be {what}"
-
-
-def check_addresses(cfg: PushcutConfig, keys: Iterable[str], bind: bool,
-                    any_port: bool = False) -> list[str]:
-    """Each address field (a heartbeat address may list several, comma-separated); see
-    :func:`address_problem`."""
-    found = []
-    for key in keys:
-        value = get(cfg, key)
-        parts = str(value).split(",") if key == "actor.heartbeat_address" else [value]
-        found += [p for p in (address_problem(key, v, bind, any_port) for v in parts) if p]
+def check_servers(cfg: PushcutConfig) -> list[str]:
+    """The servers of one machine's run bind fixed ports (the actors dial them), each its
+    own."""
+    found, seen = [], {}
+    for e in ENDPOINTS:
+        value = str(get(cfg, e.server))
+        port = tcp_port(value)
+        if port == "*":
+            found.append(f"{e.server}={value!r}: must name a port (the actors dial it)")
+            continue
+        where = f"port {port}" if port else value
+        if where in seen:
+            found.append(f"{e.server}={value!r}: must differ from {seen[where]} ({where}: "
+                         "each server needs its own)")
+        seen.setdefault(where, e.server)
     return found
 
 
@@ -169,38 +73,33 @@ def check_run_dir(cfg: PushcutConfig) -> list[str]:
 
 def check_run(cfg: PushcutConfig) -> list[str]:
     """``pushcut run``'s own rules: its store and checkpoints live in run_dir, and its
-    servers need fixed, distinct ports (the actors dial them)."""
-    from common.config import load_config
-    default, run_dir = load_config([]), Path(cfg.run_dir).expanduser().resolve()
-    found = check_numbers(cfg, "run")
+    servers need fixed, distinct ports."""
+    default, run_dir = PushcutConfig(), Path(cfg.run_dir).expanduser().resolve()
+    found = []
     for key, leaf in (("store.path", "store"), ("learner.checkpoint_dir", "checkpoints")):
         value = get(cfg, key)
         if value != get(default, key) and Path(value).expanduser().resolve() != run_dir / leaf:
             found.append(f"{key}={value!r}: pushcut run keeps it at <run_dir>/{leaf} "
                          f"({run_dir / leaf}); leave it unset or set run_dir instead")
-    found += check_addresses(cfg, SERVERS, bind=True)
-    seen: dict[str, str] = {}
-    for key in SERVERS:
-        value = str(get(cfg, key))
-        m = ADDRESS.match(value)
-        where = f"port {m['port']}" if m else value     # one machine: a port is taken once
-        if where in seen:
-            found.append(f"{key}={value!r}: must differ from {seen[where]} ({where}: each "
-                         "server needs its own)")
-        seen.setdefault(where, key)
-    return found
+    return found + check_servers(cfg)
 
 
 def check_env(cfg: PushcutConfig) -> list[str]:
-    """env.name, and for it the suite, layout and tasks; the keys of actor.task_weights."""
+    """env.name a known simulator whose settings ``cfg.env`` carries (those of its env group
+    option), and for it the suite, layout and tasks; the keys of actor.task_weights."""
     from actors.envs import ENV_NAMES
-    env, found = cfg.env, check_numbers(cfg, "env")
+    from common.config.loading import GROUP_OPTIONS
+    env, found = cfg.env, []
     if env.name not in ENV_NAMES:
-        return [*found, f"env.name={env.name!r}: must be one of {', '.join(ENV_NAMES)}"]
+        return [f"env.name={env.name!r}: must be one of {', '.join(ENV_NAMES)}"]
+    option = GROUP_OPTIONS["env"].get(env.name)
+    if option is not None and not isinstance(env, type(option)):
+        return [f"env.name={env.name!r}: must be chosen with env={env.name}, which brings "
+                "that simulator's settings"]
     tasks, families, suites, layouts = _env_lists(env.name)
     if suites is not None and env.suite not in suites and not (env.name == "libero" and env.tasks):
         found.append(f"env.suite={env.suite!r}: must be one of {', '.join(suites)}")
-    if layouts is not None and env.layout not in layouts:
+    if layouts is not None and isinstance(env, TabletopEnvConfig) and env.layout not in layouts:
         found.append(f"env.layout={env.layout!r}: must be one of {', '.join(layouts)}")
     known = ", ".join(tasks) if tasks is not None else "'<suite>/<index>'"
     for task in env.tasks:
@@ -211,7 +110,7 @@ def check_env(cfg: PushcutConfig) -> list[str]:
         if key not in families and not _task_known(key, tasks):
             found.append(f"actor.task_weights: key {key!r} must be a {env.name} family "
                          f"({', '.join(families)}) or task ({known})")
-        elif not (_is_number(weight) and weight >= 0):
+        elif not (isinstance(weight, (int, float)) and weight >= 0):
             found.append(f"actor.task_weights.{key}={weight!r}: must be a number >= 0")
     return found
 
@@ -279,9 +178,6 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
         bad = [c for c in value if not isinstance(c, int) or c not in cores]
         if bad:
             out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
-    if not 0 <= cfg.placement.actors_nice <= 19:
-        out.append(f"placement.actors_nice={cfg.placement.actors_nice}: must be 0-19 (a "
-                   "lower priority for the actors; raising one needs no privilege)")
     subprocess_envs = cfg.actor.subprocess_envs or cfg.env.name == "libero"
     if cfg.placement.env_workers and not subprocess_envs:
         out.append(f"placement.env_workers={list(cfg.placement.env_workers)}: "
@@ -294,30 +190,17 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
     return out
 
 
-def _sections(*names: str) -> Callable[[PushcutConfig], list[str]]:
-    return lambda cfg: [p for n in names for p in check_numbers(cfg, n)]
-
-
-_ROLES = [check_algo, check_env, _sections("actor", "learner", "store")]
 # command -> cheap checks; the model check follows when they pass (MODEL_CHECKED)
 CHECKS: dict[str, list[Callable[[PushcutConfig], list[str]]]] = {
-    "store": [_sections("store"),
-              lambda c: check_addresses(c, SERVERS[:1], bind=True, any_port=True)],
-    "actor": [check_algo, check_env, _sections("actor", "model"),
-              lambda c: check_addresses(c, (*DIALS, "actor.heartbeat_address"), bind=False)],
-    "learner": [check_algo, _sections("learner", "store", "model"), check_run_dir,
-                lambda c: check_addresses(c, SERVERS, bind=True, any_port=True)],
-    "run": [*_ROLES, _sections("model", "eval", "demos", "sft"), check_run, check_run_dir,
-            check_placement],
-    "experiment": [*_ROLES, _sections("model", "eval", "demos", "sft"), check_run,
-                   check_run_dir],
-    "soak": [*_ROLES, _sections("run", "model"), check_run_dir, check_placement,
-             lambda c: check_addresses(c, SERVERS, bind=True)],
-    "deploy": [*_ROLES, _sections("model"), check_run_dir],
-    "demos": [check_env, _sections("demos", "model")],
-    "sft": [_sections("sft", "model")],
-    "eval": [check_env, _sections("eval", "model")],
-    "evaluator": [check_env, _sections("eval", "model"), check_run_dir],
+    "actor": [check_env],
+    "learner": [check_run_dir],
+    "run": [check_env, check_run, check_run_dir, check_placement],
+    "experiment": [check_env, check_run, check_run_dir],
+    "soak": [check_env, check_servers, check_run_dir, check_placement],
+    "deploy": [check_env, check_run_dir],
+    "demos": [check_env],
+    "eval": [check_env],
+    "evaluator": [check_env, check_run_dir],
 }
 MODEL_CHECKED = ("actor", "learner", "run", "experiment", "soak", "deploy", "sft")
 

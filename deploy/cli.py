@@ -1,11 +1,13 @@
 """The ``pushcut`` console script: ``pushcut <command> [positional ...] [key=value ...]``.
 
-Arguments with ``=`` (or starting with ``+``/``~``) are Hydra overrides of the config in
-``configs/``; the others are the command's positional arguments (``pushcut bench ingest``,
-``pushcut report RUN_DIR...``). The composed config is checked before the command starts
-(deploy/checks.py): a bad setting is one line on stderr naming the key, its value and what
-is allowed, and exit status 2. Each command lives in the module of its role and is imported
-only when called, so ``pushcut store`` never imports torch or MuJoCo.
+Arguments with ``=`` (or starting with ``+``/``~``) are Hydra overrides of the config
+(common/config/; ``experiment=NAME`` adds configs/experiment/NAME.yaml); the others are the
+command's positional arguments (``pushcut bench ingest``, ``pushcut report RUN_DIR...``).
+The composed config is checked before the command starts (each value by its field's rules,
+common/config/rules.py, then what deploy/checks.py checks for the command): a bad setting
+is one line on stderr naming the key, its value and what is allowed, and exit status 2.
+Each command lives in the module of its role and is imported only when called, so
+``pushcut store`` never imports torch or MuJoCo.
 """
 from __future__ import annotations
 
@@ -62,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pushcut: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    from common.config import load_config
+    from common.config import ConfigError, load_config
     from common.config.loading import to_yaml
 
     show_cfg = "--cfg" in rest
     positional, overrides = split_args([a for a in rest if a != "--cfg"])
     try:
         cfg = load_config(overrides)
+    except ConfigError as exc:      # values refused by their fields' rules, one line each
+        print("\n".join(f"pushcut {name}: {line}" for line in exc.lines), file=sys.stderr)
+        return 2
     except Exception as exc:  # hydra/omegaconf errors name the bad key; the traceback does not help
         cause = str(exc.__cause__).split("\n")[0] if exc.__cause__ else ""
         text = " ".join(f"{exc} {cause}".split())     # one line, with what hydra found

@@ -19,17 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Optional
 
-from common.config.schema import PushcutConfig, tcp_address
+from common.config.endpoints import ENDPOINTS, tcp_address
+from common.config.schema import PushcutConfig
 from deploy.supervisor import ProcessSupervisor
 
 ROLES = ("store", "learner", "actor")
 # every role's environment: unbuffered output (logs appear as written), wide rich log lines
 ROLE_ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "240"}
-# (the server's address field, the actor's field that dials it, its deploy.* port field)
-LINKS = (("store.ingest_address", "actor.store_address", "store_port"),
-         ("learner.weights_address", "actor.weights_address", "weights_port"),
-         ("learner.announce_address", "actor.announce_address", "announce_port"),
-         ("learner.heartbeat_address", "actor.heartbeat_address", "heartbeat_port"))
 # paths a local run keeps under its run_dir: (field, directory name)
 RUN_DIR_PATHS = (("store.path", "store"), ("learner.checkpoint_dir", "checkpoints"))
 
@@ -69,10 +65,16 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_overrides(cfg: PushcutConfig) -> list[str]:
-    """``++key=value`` for every field of ``cfg`` that differs from the default config."""
+    """``++key=value`` for every field of ``cfg`` that differs from the default config,
+    after ``group=option`` for a section of another class than the default's (``env=libero``:
+    its fields exist only once it is selected)."""
     from common.config import load_config
-    mine, default = _leaves(cfg), _leaves(load_config([]))
-    return [override(k, v) for k, v in mine.items() if default.get(k, object()) != v]
+    from common.config.loading import GROUP_OPTIONS, group_option
+    base = load_config([])
+    select = [f"{group}={group_option(group, getattr(cfg, group))}" for group in GROUP_OPTIONS
+              if type(getattr(cfg, group)) is not type(getattr(base, group))]
+    mine, default = _leaves(cfg), _leaves(load_config(select) if select else base)
+    return select + [override(k, v) for k, v in mine.items() if default.get(k, object()) != v]
 
 
 def _field(cfg: PushcutConfig, dotted: str) -> Any:
@@ -98,8 +100,8 @@ def local_addresses(cfg: PushcutConfig, status_heartbeats: Optional[str] = None
                     ) -> dict[str, list[str]]:
     """One machine: the servers bind the config's addresses, the actors dial them on
     127.0.0.1; ``status_heartbeats``: one more address each heartbeat goes to."""
-    binds = {server: _field(cfg, server) for server, _, _ in LINKS}
-    dials = {actor: dial(binds[server]) for server, actor, _ in LINKS}
+    binds = {e.server: _field(cfg, e.server) for e in ENDPOINTS}
+    dials = {e.client: dial(binds[e.server]) for e in ENDPOINTS}
     if status_heartbeats:
         dials["actor.heartbeat_address"] += "," + status_heartbeats
     return _by_role(binds, dials)
@@ -107,11 +109,11 @@ def local_addresses(cfg: PushcutConfig, status_heartbeats: Optional[str] = None
 
 def cluster_addresses(cfg: PushcutConfig, dial_host: str, bind_host: str
                       ) -> dict[str, list[str]]:
-    """A cluster: the servers bind ``bind_host`` at the ``deploy.*_port`` ports, the actors
-    dial ``dial_host`` there."""
-    ports = {server: getattr(cfg.deploy, port) for server, _, port in LINKS}
-    binds = {server: tcp_address(ports[server], bind_host) for server, _, _ in LINKS}
-    dials = {actor: tcp_address(ports[server], dial_host) for server, actor, _ in LINKS}
+    """A cluster: the servers bind ``bind_host`` at the ``deploy.ports``, the actors dial
+    ``dial_host`` there."""
+    ports = cfg.deploy.ports
+    binds = {e.server: tcp_address(ports[e.name], bind_host) for e in ENDPOINTS}
+    dials = {e.client: tcp_address(ports[e.name], dial_host) for e in ENDPOINTS}
     return _by_role(binds, dials)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.config.schema import EnvConfig, PushcutConfig
+from common.config.schema import EnvConfig, PushcutConfig, TabletopEnvConfig
 
 MODES = ("every step", "every C", "none")   # when an observation is rendered
 
@@ -58,7 +58,7 @@ def step_loop(env, task_ids: list[str], seconds: float, render_every: int, seed:
 def _worker(env_kwargs: dict, seconds: float, render_every: int, seed: int, go, out) -> None:
     from actors.envs.tabletop import TabletopEnv
 
-    env = TabletopEnv(EnvConfig(**env_kwargs))
+    env = TabletopEnv(TabletopEnvConfig(**env_kwargs))
     task_ids = [t.task_id for t in env.tasks()]
     for task_id in task_ids:                  # warm up: build every scene and renderer
         env.reset(task_id, 0)

@@ -178,18 +178,10 @@ class LiberoEnv:
 
     @staticmethod
     def _check_config(cfg: Any) -> None:
+        # the sizes, the crop and the step counts are checked by LiberoEnvConfig's fields
         if cfg.suite not in SUITES and not cfg.tasks:
             raise ValueError(f"env.suite={cfg.suite!r} is not a LIBERO suite; use one of "
                              f"{', '.join(SUITES)} or list env.tasks")
-        render = cfg.render_size or cfg.image_size
-        if cfg.image_size < 8 or render < 8:
-            raise ValueError(f"env.image_size ({cfg.image_size}) and env.render_size "
-                             f"({cfg.render_size}) must be >= 8 pixels")
-        if not 0.0 < cfg.center_crop_scale <= 1.0:
-            raise ValueError(f"env.center_crop_scale={cfg.center_crop_scale} not in (0, 1]")
-        if cfg.settle_steps < 0 or (cfg.max_steps is not None and cfg.max_steps < 1):
-            raise ValueError(f"env.settle_steps ({cfg.settle_steps}) must be >= 0 and "
-                             f"env.max_steps ({cfg.max_steps}) >= 1 or null")
 
     def _spec(self, suite: str, index: int) -> TaskSpec:
         bench = self._suites[suite]

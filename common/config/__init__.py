@@ -1,9 +1,13 @@
-"""Typed configuration: one dataclass per concern, registered with Hydra's ConfigStore.
+"""Typed configuration: one dataclass per concern, each field with its tuned default, its
+rules and its docstring (common/config/schema.py, envs.py, commands.py).
 
-The YAML groups under ``configs/`` (env/, model/, algo/, actor/, learner/, store/) fill
-these schemas; an unknown key or a value of the wrong type is an error at load time.
-Hydra stops at the entry point (:func:`load_config`); each role receives only its own
-sub-config (``cfg.store``, ``cfg.actor``, ...).
+The dataclasses are the only defaults: the options of the groups (``env=libero``,
+``model=openvla_oft_7b``, ...) are instances of them registered in Hydra's ConfigStore
+(:mod:`common.config.loading`); ``configs/config.yaml`` picks one option per group and
+``configs/experiment/`` holds overrides. An unknown key or a value of the wrong type is an
+error at load time, a value against its field's rules a :class:`ConfigError` listing every
+one. Hydra stops at the entry point (:func:`load_config`): every command receives the whole
+:class:`PushcutConfig` and reads the sections it needs (``cfg.actor``, ``cfg.algo``, ...).
 """
 from common.config.schema import (
     ActorConfig,
@@ -18,6 +22,9 @@ from common.config.schema import (
     DemosConfig,
     BenchConfig,
     DeployConfig,
+    TabletopEnvConfig,
+    LiberoEnvConfig,
+    ConfigError,
 )
 
 
@@ -36,5 +43,5 @@ def register_configs() -> None:
 __all__ = [
     "ActorConfig", "AlgoConfig", "EnvConfig", "LearnerConfig", "ModelConfig", "PushcutConfig",
     "StoreConfig", "SftConfig", "EvalConfig", "DemosConfig", "BenchConfig", "DeployConfig",
-    "load_config", "register_configs",
+    "TabletopEnvConfig", "LiberoEnvConfig", "ConfigError", "load_config", "register_configs",
 ]

@@ -1,27 +1,30 @@
 """The config of the commands: ``pushcut demos``, ``sft``, ``eval``, ``bench`` and ``run``.
 
 Part of the schema (:mod:`common.config.schema` holds the roles' configs and the root
-``PushcutConfig``, and re-exports these); every field's docstring is under it.
+``PushcutConfig``, and re-exports these); every field's rules (:mod:`common.config.rules`)
+are beside it and its docstring under it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+from common.config.rules import at_least, one_of, setting
+
 
 @dataclass
 class DemosConfig:
     """``pushcut demos``: scripted-expert demonstrations of the tabletop tasks."""
-    per_task: int = 50
+    per_task: int = setting(50, at_least(1))
     """successful demos kept per task (failures are retried)"""
     noise: float = 0.0
     """std of gaussian noise on the expert's actions in [-1, 1]"""
-    label: str = "executed"
+    label: str = setting("executed", one_of("executed", "clean"))
     """executed: record the noisy actions; clean: the expert's noiseless action at each visited
     state (DART)"""
     out: str = "runs/demos"
     """dataset directory; must not hold a dataset yet"""
-    obs_stride: int = 1
+    obs_stride: int = setting(1, at_least(1))
     """observe every obs_stride env steps (1: every step, as BC pipelines train; the policy's
     chunk_size C: only where the policy decides, C times fewer training decisions)"""
 
@@ -35,9 +38,9 @@ class SftConfig:
     """output directory: checkpoints, the final policy, the evaluation"""
     demos_per_task: Optional[int] = None
     """use at most this many demos of each task (None = all)"""
-    steps: int = 3000
+    steps: int = setting(3000, at_least(1))
     """optimiser steps"""
-    batch_size: int = 64
+    batch_size: int = setting(64, at_least(1))
     """examples (one per demonstrated decision) per optimiser step"""
     lr: float = 3e-4
     """peak learning rate of the cosine schedule"""
@@ -54,7 +57,7 @@ class SftConfig:
     sampling explores choices rather than blur around one action)"""
     eval_episodes_per_task: int = 10
     """closing held-out evaluation (0 = skip)"""
-    checkpoint_every: int = 500
+    checkpoint_every: int = setting(500, at_least(1))
     """save a checkpoint every this many steps"""
     threads: Optional[int] = 1
     """torch CPU threads. 1: with other processes busy on a small machine, torch's OpenMP
@@ -68,13 +71,13 @@ class EvalConfig:
     """the policy to evaluate (a save_pretrained directory)"""
     out: str = "runs/eval"
     """output directory: success rates and videos"""
-    episodes_per_task: int = 10
+    episodes_per_task: int = setting(10, at_least(1))
     """episodes per task and temperature, cycling over the held-out init states"""
     temperatures: list[float] = field(default_factory=lambda: [0.0])
     """sampling temperatures to evaluate at (0 = greedy)"""
     videos_per_task: int = 1
     """the first this many episodes of each task are recorded as video"""
-    num_envs: int = 8
+    num_envs: int = setting(8, at_least(1))
     """env workers stepped in parallel"""
     subprocess_envs: bool = False
     """one OS process per env worker (in-process otherwise)"""
@@ -113,7 +116,7 @@ class RunConfig:
     sampling temperature is lowered (x0.6 per try)"""
     temperature_tries: int = 3
     """how many lower temperatures to try before taking the best one"""
-    eval_episodes: int = 5
+    eval_episodes: int = setting(5, at_least(0))
     """held-out episodes per task: for the start policy, greedy and sampled, before RL; and
     for each policy snapshot while RL runs (a ``pushcut evaluator`` child, when
     learner.snapshot_every > 0). 0 = neither, and algo.temperature is kept as it is"""

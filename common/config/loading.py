@@ -9,28 +9,59 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
 from common.config.schema import (
-    ActorConfig, AlgoConfig, EnvConfig, LearnerConfig, ModelConfig, PushcutConfig, StoreConfig,
+    ActorConfig, AlgoConfig, LearnerConfig, ModelConfig, PushcutConfig, StoreConfig,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-_GROUP_SCHEMAS = {
-    "env": EnvConfig, "model": ModelConfig, "algo": AlgoConfig,
-    "store": StoreConfig, "actor": ActorConfig, "learner": LearnerConfig,
+# group -> option -> its config: what a command line selects (``env=libero``); each is an
+# instance of the dataclasses, so their defaults are stated once. configs/config.yaml picks
+# the root's option of each group (the one PushcutConfig() holds).
+GROUP_OPTIONS: dict[str, dict[str, object]] = {
+    # the probe tasks read only the fields every simulator has
+    "env": {"tabletop": TabletopEnvConfig(), "libero": LiberoEnvConfig(), "probe": EnvConfig()},
+    "model": {
+        "tiny_vla": ModelConfig(),
+        # OpenVLA-OFT at the tiny preset (a few million parameters, 32-px images): tests
+        # and CPU runs; kwargs go to OpenVLAOFTConfig (attention_mode, unnorm_key, ...)
+        "openvla_oft": ModelConfig(name="openvla_oft", preset="tiny", num_bins=256),
+        # at its real size (DINOv2 ViT-L + SigLIP SO400M, Llama-2 7B): random weights unless
+        # model.checkpoint names the published layout (config.json, sharded safetensors +
+        # index, dataset_statistics.json)
+        "openvla_oft_7b": ModelConfig(name="openvla_oft", preset="7b", num_bins=256,
+                                      dtype="bfloat16", gradient_checkpointing=True),
+    },
+    "algo": {"grpo": AlgoConfig()},
+    "store": {"default": StoreConfig()},
+    "actor": {"default": ActorConfig()},
+    "learner": {"default": LearnerConfig()},
 }
 _registered = False
 
 
 def register_configs() -> None:
-    """Register the root schema and one schema per group (``<group>/schema``)."""
+    """Register the root schema and every group option (``<group>/<option>``)."""
     global _registered
     if _registered:
         return
     cs = ConfigStore.instance()
-    cs.store(name="pushcut_schema", node=PushcutConfig)
-    for group, node in _GROUP_SCHEMAS.items():
-        cs.store(group=group, name="schema", node=node)
+    # env starts as the base class: OmegaConf merges an option onto a node of its own class
+    # or a base, so the default's TabletopEnvConfig would refuse env=libero
+    root = OmegaConf.structured(PushcutConfig)
+    root.env = OmegaConf.structured(EnvConfig)
+    cs.store(name="pushcut_schema", node=root)
+    for group, options in GROUP_OPTIONS.items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
     _registered = True
+
+
+def group_option(group: str, node: object) -> str:
+    """The option of ``group`` whose config has the class of ``node`` (the first, where
+    several share it: the fields tell them apart)."""
+    return next(name for name, option in GROUP_OPTIONS[group].items()
+                if type(option) is type(node))
 
 
 # optional groups that the root config does not list: ``experiment=NAME`` selects
@@ -47,7 +78,8 @@ def _select_optional_groups(overrides: Sequence[str]) -> list[str]:
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> PushcutConfig:
     """Compose ``configs/<config_name>.yaml`` with CLI-style overrides into a PushcutConfig.
 
-    Raises hydra/omegaconf errors with the offending key for unknown keys or bad types.
+    Raises hydra/omegaconf errors with the offending key for unknown keys or bad types, and
+    :class:`~common.config.rules.ConfigError` listing the values against their fields' rules.
     """
     register_configs()
     GlobalHydra.instance().clear()

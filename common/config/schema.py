@@ -1,9 +1,14 @@
-"""The config schema: dataclasses mirrored by the YAML groups in ``configs/``.
+"""The config schema: one dataclass per concern, each field with its default, its rules
+(:mod:`common.config.rules`) and its docstring under it.
 
-Defaults follow SimpleVLA-RL (group size 8, temperature 1.6, clip 0.2/0.28, ...). One
-spelling per concept: ``policy_version``, ``group_id``, ``task_id``, ``init_state_id``. Each
-field's docstring is the string under it. The one-shot commands' configs (demos, sft, eval,
-bench) are in :mod:`common.config.commands` and importable from here too.
+The defaults are the tuned ones that ``pushcut`` runs with: ``PushcutConfig()`` is what
+``load_config([])`` composes (the ``env``/``model``/... group options are these dataclasses,
+registered in :mod:`common.config.loading`). The GRPO settings follow SimpleVLA-RL (group
+size 8, clip 0.2/0.28, dynamic sampling 0.1..0.9) with the step sized for the tiny VLA on the
+built-in suite (see AlgoConfig). One spelling per concept: ``policy_version``, ``group_id``,
+``task_id``, ``init_state_id``. The env section is in :mod:`common.config.envs`, the
+one-shot commands' configs (demos, sft, eval, bench, run) in :mod:`common.config.commands`;
+both importable from here too.
 """
 from __future__ import annotations
 
@@ -11,68 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from common.config.commands import BenchConfig, DemosConfig, EvalConfig, RunConfig, SftConfig
+from common.config.endpoints import client_address, default_ports, port_table, server_address
+from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
+from common.config.rules import (
+    ConfigError, at_least, in_range, one_of, positive, problems, setting,
+)
 
 __all__ = [
-    "EnvConfig", "ModelConfig", "AlgoConfig", "StoreConfig", "ActorConfig", "LearnerConfig",
-    "DemosConfig", "SftConfig", "EvalConfig", "BenchConfig", "RunConfig", "DeployConfig",
-    "PlacementConfig",
-    "PushcutConfig",
-    "LOCAL_HOST", "STORE_PORT", "WEIGHTS_PORT", "ANNOUNCE_PORT", "HEARTBEAT_PORT",
-    "tcp_address", "STORE_ADDRESS", "WEIGHTS_ADDRESS", "ANNOUNCE_ADDRESS", "HEARTBEAT_ADDRESS",
+    "EnvConfig", "TabletopEnvConfig", "LiberoEnvConfig", "ModelConfig", "AlgoConfig",
+    "StoreConfig", "ActorConfig", "LearnerConfig", "DemosConfig", "SftConfig", "EvalConfig",
+    "BenchConfig", "RunConfig", "DeployConfig", "PlacementConfig", "PushcutConfig",
+    "ConfigError", "DTYPE_NAMES",
 ]
 
-# -- the four network endpoints, defined once ------------------------------------------------
-LOCAL_HOST = "127.0.0.1"
-STORE_PORT = 5555       # the store's trajectory ingest (ROUTER)
-WEIGHTS_PORT = 5556     # the learner's weight server (ROUTER; actors fetch with DEALER)
-ANNOUNCE_PORT = 5557    # the learner's version announcements (PUB)
-HEARTBEAT_PORT = 5558   # the learner's heartbeat PULL socket
-
-
-def tcp_address(port: int, host: str = LOCAL_HOST) -> str:
-    return f"tcp://{host}:{port}"
-
-
-STORE_ADDRESS = tcp_address(STORE_PORT)
-WEIGHTS_ADDRESS = tcp_address(WEIGHTS_PORT)
-ANNOUNCE_ADDRESS = tcp_address(ANNOUNCE_PORT)
-HEARTBEAT_ADDRESS = tcp_address(HEARTBEAT_PORT)
-
-
-@dataclass
-class EnvConfig:
-    """Which simulator and which tasks."""
-    name: str = "tabletop"
-    """tabletop (built-in MuJoCo suite) | libero | probe (tasks with a known answer)"""
-    suite: str = "all"
-    """tabletop: spatial|object|goal|long|all; libero: libero_spatial, ..."""
-    layout: str = "nominal"
-    """tabletop initial states: nominal (each task one scene, jittered by a few cm, like
-    LIBERO) | uniform (objects anywhere on the table: a generalisation suite)"""
-    tasks: list[str] = field(default_factory=list)
-    """explicit task_ids; empty = every task of the suite"""
-    image_size: int = 64
-    """agentview side in pixels"""
-    wrist_camera: bool = False
-    """a second camera on the wrist (V = 2 views)"""
-    max_steps: Optional[int] = None
-    """None = the family's / suite's own step limit"""
-    num_train_init_states: int = 40
-    """training init_state_ids are [0, num_train)"""
-    num_heldout_init_states: int = 10
-    """held-out ids follow, disjoint from training (the tabletop config sets 50: enough
-    distinct states for +-3 points; a LIBERO task has 50 init states in all)"""
-    settle_steps: int = 10
-    """LIBERO: no-op steps after reset while objects settle"""
-    center_crop: bool = False
-    """LIBERO: OpenVLA-style centre crop"""
-    center_crop_scale: float = 0.9
-    """LIBERO: area fraction kept by the centre crop (OpenVLA: 0.9)"""
-    render_size: Optional[int] = None
-    """LIBERO: pixels rendered before the resize to image_size (OpenVLA-OFT: 256);
-    None = render at image_size"""
-    force_workers: bool = False
-    """LIBERO: start one env worker even when none fits in free memory"""
+# torch dtypes a policy may compute in (common/models maps each to its torch.dtype)
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -84,14 +42,16 @@ class ModelConfig:
     """tiny_vla: default; openvla_oft: tiny | 7b"""
     checkpoint: Optional[str] = None
     """a save_pretrained directory to start from"""
-    chunk_size: int = 8
+    chunk_size: int = setting(8, at_least(1))
     """C: control steps per model call"""
-    action_dim: int = 7
+    action_dim: int = setting(7, at_least(1))
     """D: action dimensions per control step"""
-    num_bins: int = 256
-    """action bins per dimension (the token vocabulary of one action dimension)"""
-    dtype: str = "float32"
-    """float32 | bfloat16"""
+    num_bins: int = setting(7, at_least(2))
+    """action bins per dimension (the token vocabulary of one action dimension). 7 for the
+    tiny VLA: the built-in suite's expert acts in about 3 values per dimension, 5+ bins keep
+    it at 100 % (docs/models.md), and fewer bins make RL's choices coarse; OpenVLA-OFT: 256"""
+    dtype: str = setting("float32", one_of(*DTYPE_NAMES))
+    """what the policy computes in: float32 | bfloat16 | float16"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (less memory, more compute)"""
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -100,16 +60,20 @@ class ModelConfig:
 
 @dataclass
 class AlgoConfig:
-    """Importance-corrected GRPO (see docs/design.md, 'The loss')."""
-    group_size: int = 8
+    """Importance-corrected GRPO (see docs/design.md, 'The loss'): SimpleVLA-RL's clip-higher
+    (0.2/0.28) and dynamic sampling (0.1..0.9), with the step sized for the tiny VLA on the
+    built-in suite (the 7B model uses lr 5e-6)."""
+    group_size: int = setting(8, at_least(2))
     """episodes per group (one task and init state)"""
-    temperature: float = 1.6
-    """the actors' sampling temperature (0 = greedy)"""
-    clip_low: float = 0.2
+    temperature: float = setting(1.0, positive())
+    """the actors' sampling temperature (> 0: RL needs samples that differ; greedy evaluation
+    is ``eval.temperatures``' 0). 1.0: the 7-bin tiny VLA samples as well as it acts greedily
+    on the built-in suite (T 1.6 blurred the 256-bin policy to 0 successes)"""
+    clip_low: float = setting(0.2, in_range(0, 1, open_high=True))
     """the policy ratio is clipped below at 1 - clip_low"""
-    clip_high: float = 0.28
+    clip_high: float = setting(0.28, in_range(0))
     """... and above at 1 + clip_high"""
-    is_cap: float = 2.0
+    is_cap: float = setting(2.0, positive())
     """cap on the importance weight exp(proximal - behaviour log-prob) that corrects for the
     actors' stale policies"""
     adv_eps: float = 1e-6
@@ -118,27 +82,35 @@ class AlgoConfig:
     """KL penalty to a reference policy (0 = none)"""
     entropy_coef: float = 0.0
     """entropy bonus (0 = none)"""
-    lr: float = 1e-4
-    """learning rate"""
+    lr: float = setting(3e-5, positive())
+    """learning rate. 3e-5 in 4 mini-batches of 16 groups, so that the clip bounds every
+    step: lr 1e-4 in one step per batch drove training success from 0.11 to 0.01 in 10
+    versions (docs/results.md)"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
-    grad_clip: float = 1.0
+    grad_clip: float = setting(1.0, positive())
     """clip the gradient's global norm to this"""
-    groups_per_batch: int = 8
+    groups_per_batch: int = setting(16, at_least(1))
     """GRPO groups per optimiser step"""
-    micro_batch_size: int = 16
+    micro_batch_size: int = setting(16, at_least(1))
     """trajectories per forward/backward"""
-    epochs_per_batch: int = 1
+    epochs_per_batch: int = setting(1, at_least(1))
     """gradient passes over each batch"""
-    mini_batches: int = 1
+    mini_batches: int = setting(4, at_least(1))
     """optimiser steps per epoch: the batch is cut into this many mini-batches (with more
     than one step per batch the PPO clip bounds each step)"""
-    success_lo: float = 0.1
+    success_lo: float = setting(0.1, in_range(0, 1))
     """keep a group only if lo <= success rate <= hi"""
-    success_hi: float = 0.9
+    success_hi: float = setting(0.9, in_range(0, 1))
     """see success_lo"""
-    max_staleness: int = 4
+    max_staleness: int = setting(4, at_least(0))
     """drop trajectories more than this many versions behind"""
+
+    def joint_problems(self, prefix: str) -> list[str]:
+        if self.success_lo <= self.success_hi:
+            return []
+        return [f"{prefix}success_lo={self.success_lo!r}, {prefix}success_hi="
+                f"{self.success_hi!r}: must satisfy success_lo <= success_hi"]
 
 
 @dataclass
@@ -146,22 +118,22 @@ class StoreConfig:
     """The LMDB trajectory store and its ZeroMQ ingest."""
     path: str = "runs/store"
     """the LMDB directory"""
-    ingest_address: str = STORE_ADDRESS
+    ingest_address: str = server_address("store")
     """where the store binds its ingest (ROUTER)"""
-    capacity: int = 20000
+    capacity: int = setting(20000, at_least(1))
     """trajectories kept; beyond it evict consumed, then stalest"""
     accept_expert: bool = False
     """hold expert records (policy_version -1, demonstrations); an RL store refuses them
     (rejection reason expert_record)"""
-    map_size_mb: int = 256
+    map_size_mb: int = setting(256, at_least(1))
     """initial LMDB map; grows on MapFullError"""
-    max_message_mb: int = 64
+    max_message_mb: int = setting(64, at_least(1))
     """larger trajectory messages are rejected (too_large)"""
-    max_batch: int = 64
+    max_batch: int = setting(64, at_least(1))
     """received messages committed in one LMDB transaction"""
-    max_batch_mb: int = 4
+    max_batch_mb: int = setting(4, at_least(1))
     """... and about this many MB (big transactions are slower)"""
-    log_every_s: float = 5.0
+    log_every_s: float = setting(5.0, positive())
     """a throughput log line every this many seconds"""
     curve_secret_key: Optional[str] = None
     """path to this server's secret key file (CURVE; None = no encryption)"""
@@ -174,7 +146,7 @@ class ActorConfig:
     """A rollout actor."""
     actor_id: Optional[str] = None
     """default: host-pid"""
-    num_envs: int = 8
+    num_envs: int = setting(8, at_least(1))
     """E env workers"""
     double_buffer: bool = True
     """with subprocess env workers, overlap one half of the envs' stepping with the
@@ -184,39 +156,39 @@ class ActorConfig:
     """where the policy runs"""
     seed: int = 0
     """scheduling and sampling seed (mixed with actor_id)"""
-    store_address: str = STORE_ADDRESS
+    store_address: str = client_address("store")
     """the store's ingest, where trajectories go"""
-    weights_address: str = WEIGHTS_ADDRESS
+    weights_address: str = client_address("weights")
     """learner's weight server (chunked fetches)"""
-    announce_address: str = ANNOUNCE_ADDRESS
+    announce_address: str = client_address("announce")
     """learner's version announcements (SUB)"""
     task_weights: dict[str, float] = field(default_factory=dict)
-    """sampling weight per task_id; empty = uniform"""
+    """sampling weight per task_id or family; unnamed tasks weigh 1.0 (empty = uniform)"""
     adaptive_tasks: bool = False
     """also weight each task by the chance its groups land inside the filter window
     (algo.success_lo..hi), from its recent success in this actor's groups"""
-    adaptive_floor: float = 0.1
+    adaptive_floor: float = setting(0.1, in_range(0, 1, open_low=True))
     """least weight factor of a task under adaptive_tasks (0-1], so none is abandoned"""
-    max_in_flight: int = 64
+    max_in_flight: int = setting(64, at_least(1))
     """unacknowledged trajectories before send() blocks"""
-    resend_after_s: float = 5.0
+    resend_after_s: float = setting(5.0, positive())
     """resend a trajectory not acknowledged after this long"""
-    max_groups: Optional[int] = None
+    max_groups: Optional[int] = setting(None, at_least(1, nullable=True))
     """stop after this many groups (None = until SIGTERM)"""
     subprocess_envs: bool = False
     """one subprocess per env worker (LIBERO always)"""
-    log_every_s: float = 5.0
+    log_every_s: float = setting(5.0, positive())
     """a log line every this many seconds"""
-    heartbeat_s: float = 2.0
+    heartbeat_s: float = setting(2.0, positive())
     """a heartbeat to the learner every this many seconds"""
-    heartbeat_address: str = HEARTBEAT_ADDRESS
-    """learner's heartbeat PULL socket"""
+    heartbeat_address: str = client_address("heartbeat")
+    """learner's heartbeat PULL socket (and any other listener, comma-separated)"""
     curve_server_key: Optional[str] = None
     """path to the servers' public key file (CURVE; needed with curve_secret_key)"""
     curve_secret_key: Optional[str] = None
     """path to this actor's secret key file (CURVE; None = no encryption)"""
-    policy: str = "model"
-    """model (cfg.model) | expert (tabletop scripted expert)"""
+    policy: str = setting("model", one_of("model", "expert"))
+    """model (cfg.model) | expert (tabletop scripted expert, for smoke tests)"""
     torch_threads: Optional[int] = 1
     """intra-op threads for CPU inference (None: torch's default)"""
     weights_wait_s: float = 5.0
@@ -234,44 +206,45 @@ class LearnerConfig:
     """The learner process: trainer, filter, broadcast, checkpoints."""
     device: str = "cpu"
     """where the policy trains (cuda: one GPU per rank)"""
-    world_size: int = 1
+    world_size: int = setting(1, at_least(1))
     """FSDP ranks started by `pushcut learner`"""
-    backend: str = "auto"
+    backend: str = setting("auto", one_of("auto", "gloo", "nccl"))
     """auto: nccl on cuda, gloo on cpu"""
     bf16: bool = False
     """on GPU: parameters compute in bf16, gradients reduce in fp32"""
-    torch_threads: Optional[int] = None
-    """intra-op CPU threads per rank (None: torch's default, one per core). 1 when actors share
-    the cores: measured 15 s per update with 2 threads against 2 busy actors on 2 cores"""
-    max_versions: Optional[int] = None
+    torch_threads: Optional[int] = 1
+    """intra-op CPU threads per rank (None: torch's default, one per core). 1: actors share
+    the machine, and the learner's OpenMP threads would wait on them (measured 15 s per
+    update with 2 threads against 2 busy actors on 2 cores)"""
+    max_versions: Optional[int] = setting(None, at_least(1, nullable=True))
     """stop after this many optimiser steps"""
-    max_wall_s: Optional[float] = None
+    max_wall_s: Optional[float] = setting(None, positive(nullable=True))
     """... or after this many seconds since the learner started (carried over a resume by the
     checkpoint)"""
-    snapshot_every: int = 10
+    snapshot_every: int = setting(10, at_least(0))
     """policy snapshot to <run_dir>/snapshots every this many versions and at the end, never
     pruned (0 = none)"""
     checkpoint_dir: str = "runs/checkpoints"
     """where training checkpoints go"""
-    checkpoint_every: int = 10
+    checkpoint_every: int = setting(10, at_least(1))
     """a checkpoint every this many versions (and at shutdown)"""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = setting(2, at_least(1))
     """the newest this many checkpoints are kept"""
-    weights_address: str = WEIGHTS_ADDRESS
+    weights_address: str = server_address("weights")
     """where the weight server binds (ROUTER)"""
-    announce_address: str = ANNOUNCE_ADDRESS
+    announce_address: str = server_address("announce")
     """where version announcements are published (PUB)"""
-    weight_chunk_mb: int = 4
+    weight_chunk_mb: int = setting(4, at_least(1))
     """weights are served in chunks of this many MB"""
     host_store: bool = False
     """run the store ingest inside the learner process"""
-    poll_s: float = 0.2
+    poll_s: float = setting(0.2, positive())
     """the learner's wait between polls of the store while no batch is ready"""
-    heartbeat_timeout_s: float = 10.0
+    heartbeat_timeout_s: float = setting(10.0, positive())
     """an actor with no heartbeat for this long counts as dead"""
-    heartbeat_address: str = HEARTBEAT_ADDRESS
+    heartbeat_address: str = server_address("heartbeat")
     """where actor heartbeats arrive (PULL)"""
-    stall_s: float = 30.0
+    stall_s: float = setting(30.0, positive())
     """heartbeats but no env-step progress this long: stalled"""
     curve_secret_key: Optional[str] = None
     """path to this server's secret key file (CURVE; None = no encryption)"""
@@ -290,14 +263,9 @@ class DeployConfig:
     """host actors dial for store/learner; None = its node IP"""
     bind_host: str = "0.0.0.0"
     """where the store and learner bind their sockets"""
-    store_port: int = STORE_PORT
-    """the store's ingest port"""
-    weights_port: int = WEIGHTS_PORT
-    """the learner's weight server port"""
-    announce_port: int = ANNOUNCE_PORT
-    """the learner's announcement port"""
-    heartbeat_port: int = HEARTBEAT_PORT
-    """the learner's heartbeat port"""
+    ports: dict[str, int] = setting(default_ports(), port_table())
+    """the port of each endpoint (common/config/endpoints.py): store, weights, announce,
+    heartbeat"""
     actor_cpus: float = 1.0
     """Ray CPUs per rollout actor"""
     actor_gpus: float = 0.0
@@ -335,7 +303,7 @@ class PlacementConfig:
     """schedule the subprocess env workers first-in first-out (Linux SCHED_FIFO; needs root
     or RLIMIT_RTPRIO >= 1): simulators sharing a core then step their chunks in the order
     the policy sent them, so the half of the envs it waits for comes back first"""
-    actors_nice: int = 0
+    actors_nice: int = setting(0, in_range(0, 19, integer=True))
     """CPU priority of every actor and its env workers (Linux nice, 0-19; raising it needs
     no privilege): above 0, a learner sharing the actors' cores runs its update as soon as
     it has a batch, while the actors take the cycles left over"""
@@ -347,19 +315,21 @@ class PlacementConfig:
 
 @dataclass
 class PushcutConfig:
-    """Root config. ``mode``: async (default) or sync (the paper's lock-step schedule)."""
+    """Root config. ``mode``: async (default) or sync (the paper's lock-step schedule).
+    Construction checks every value against its field's rules: :class:`ConfigError` lists
+    the bad ones."""
     run_dir: str = "runs/default"
     """where a run's files go"""
     seed: int = 0
     """the run's seed"""
-    mode: str = "async"
-    """async | sync"""
-    num_actors: int = 2
+    mode: str = setting("async", one_of("async", "sync"))
+    """async | sync (the paper's lock-step schedule, for comparison)"""
+    num_actors: int = setting(2, at_least(1))
     """rollout actors started by the launchers"""
     wandb: bool = True
     """also log metrics to Weights & Biases"""
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """the simulator and its tasks"""
+    env: EnvConfig = field(default_factory=TabletopEnvConfig)
+    """the simulator and its tasks (a subclass per simulator: common/config/envs.py)"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the policy"""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -384,3 +354,10 @@ class PushcutConfig:
     """which cores each role runs on"""
     deploy: DeployConfig = field(default_factory=DeployConfig)
     """``pushcut deploy``"""
+
+    def __post_init__(self) -> None:
+        # a bad value is refused where the config is made, so a Python caller hears of it
+        # as the command line does: every bad value, one line each
+        found = problems(self)
+        if found:
+            raise ConfigError(found)

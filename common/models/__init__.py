@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from common.config.schema import ModelConfig
+from common.config.schema import DTYPE_NAMES, ModelConfig
 from common.models.policy import Policy
 
 # name (ModelConfig.name) -> "module:Class"
@@ -28,7 +28,8 @@ REGISTRY: dict[str, str] = {
     "tiny_vla": "common.models.tiny_vla.modeling:TinyVLAPolicy",
     "openvla_oft": "common.models.openvla_oft.modeling:OpenVLAOFTPolicy",
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model.dtype -> torch dtype (the names are ModelConfig's)
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def policy_class(name: str) -> type:
@@ -37,12 +38,6 @@ def policy_class(name: str) -> type:
         raise ValueError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype {name!r} not in {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 def build_policy(model_cfg: ModelConfig, action_stats: dict[str, Any] | None = None) -> Policy:
@@ -54,7 +49,7 @@ def build_policy(model_cfg: ModelConfig, action_stats: dict[str, Any] | None = N
         policy = load_policy(model_cfg.checkpoint)
     else:
         policy = policy_class(model_cfg.name).from_model_config(model_cfg, action_stats)
-    policy = policy.to(_dtype(model_cfg.dtype))
+    policy = policy.to(DTYPES[model_cfg.dtype])
     if model_cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     return policy

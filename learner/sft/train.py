@@ -117,8 +117,6 @@ def train(policy, examples: SftExamples, sft: SftConfig, out: Path,
 def run(cfg: PushcutConfig, console: Console) -> tuple[torch.nn.Module, dict]:
     """Train per ``cfg.sft``; write ``final/`` and ``summary.json``; return (policy, summary)."""
     sft = cfg.sft
-    if sft.steps < 1 or sft.batch_size < 1 or sft.checkpoint_every < 1:
-        raise ValueError("sft.steps, sft.batch_size and sft.checkpoint_every must be >= 1")
     if sft.threads:
         torch.set_num_threads(sft.threads)
     torch.manual_seed(cfg.seed)

@@ -18,7 +18,7 @@ from actors.actor import Actor  # noqa: E402
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from actors.rollout import VectorRollout  # noqa: E402
 from actors.scheduler import FilterWindow, TaskScheduler  # noqa: E402
-from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
+from common.config.schema import ModelConfig, TabletopEnvConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.models.policy import ObsBatch  # noqa: E402
 from common.transport.trajectories import TrajectorySender  # noqa: E402
@@ -27,7 +27,7 @@ from common.transport.weight_publisher import WeightPublisher  # noqa: E402
 from tests.actors.helpers import StoreProcess, wait_for  # noqa: E402
 
 TEMPERATURE = 1.6
-ENV_CFG = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
+ENV_CFG = TabletopEnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
 
 
 def micro_weights(seed: int) -> dict[str, torch.Tensor]:

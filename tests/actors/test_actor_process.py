@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
-from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
+from common.config.schema import ModelConfig, TabletopEnvConfig  # noqa: E402
 from common.transport.heartbeats import HealthMonitor  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.transport.weight_publisher import WeightPublisher  # noqa: E402
@@ -49,7 +49,7 @@ def heard_from(health: HealthMonitor) -> set[str]:
 
 def micro_weights(seed: int) -> dict:
     torch.manual_seed(seed)
-    return build_policy(ModelConfig(preset="micro")).state_dict()
+    return build_policy(ModelConfig(preset="micro", num_bins=256)).state_dict()
 
 
 def replay(env: TabletopEnv, traj) -> tuple[int, bool]:
@@ -146,7 +146,7 @@ def test_a_second_sigterm_ends_the_wait_for_acks(tmp_path):
 
 def check_groups(groups: dict) -> Counter:
     """Members consistent, expert successes replayed in the env; -> model groups by version."""
-    env = TabletopEnv(EnvConfig(tasks=["goal/3", "spatial/1"]))
+    env = TabletopEnv(TabletopEnvConfig(tasks=["goal/3", "spatial/1"]))
     versions = Counter()
     for group in groups.values():
         first = group[0]

@@ -6,7 +6,7 @@ import pytest
 
 from actors.demos import chunk_episode, main, record_demo
 from actors.envs.tabletop import Expert, TabletopEnv
-from common.config import load_config
+from common.config import ConfigError, load_config
 from common.dataset import read_dataset, read_index
 from common.wire.trajectory import EXPERT_VERSION
 
@@ -72,8 +72,9 @@ def test_refuses_to_overwrite_and_non_tabletop(tmp_path):
     assert main(_cfg(out), []) == 2
     assert len(read_index(out)) == 1
     assert main(load_config([f"demos.out={tmp_path / 'x'}", "env=libero"]), []) == 2
-    assert main(_cfg(tmp_path / "y", "demos.obs_stride=0"), []) == 2
-    assert main(_cfg(tmp_path / "z", "demos.label=noisy"), []) == 2
+    for bad in ("demos.obs_stride=0", "demos.label=noisy"):   # refused by the fields' rules
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            _cfg(tmp_path / "y", bad)
 
 
 def test_more_demos_than_training_layouts_warns_and_repeats_layouts(tmp_path, capsys):

@@ -25,13 +25,13 @@ from actors.env_workers import (EnvWorkerError, SubprocessWorker, fifo_allowed, 
 from actors.envs.libero import RESERVE_BYTES, WORKER_BYTES  # noqa: E402
 from actors.rollout import EpisodeRequest, VectorRollout  # noqa: E402
 from actors.scheduler import TaskScheduler  # noqa: E402
-from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
+from common.config.schema import LiberoEnvConfig, ModelConfig, TabletopEnvConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.transport.trajectories import TrajectorySender  # noqa: E402
 from tests.actors.helpers import REPO, StoreProcess  # noqa: E402
 
 GIB = 1 << 30
-ENV_CFG = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
+ENV_CFG = TabletopEnvConfig(suite="goal", max_steps=16, num_train_init_states=5)
 
 
 # ------------------------------------------------------------------ LIBERO memory cap
@@ -61,7 +61,7 @@ def test_libero_needs_room_for_one_worker_unless_forced(caplog):
     assert "1 env workers requested, 0 fit, forced" in caplog.records[1].getMessage()
     # make_workers refuses before starting any process
     with pytest.raises(EnvWorkerError, match="not even one"):
-        make_workers(EnvConfig(name="libero", suite="libero_spatial"), 4, seed=0,
+        make_workers(LiberoEnvConfig(suite="libero_spatial"), 4, seed=0,
                      use_subprocess=True, available_bytes=tight)
 
 
@@ -90,8 +90,7 @@ def libero_installed():
 @pytest.mark.slow
 def test_make_workers_starts_only_the_libero_workers_that_fit(libero_installed, caplog):
     caplog.set_level(logging.WARNING, logger="actors.env_workers")
-    cfg = EnvConfig(name="libero", suite="libero_spatial", tasks=["libero_spatial/0"],
-                    image_size=64)
+    cfg = LiberoEnvConfig(suite="libero_spatial", tasks=["libero_spatial/0"], image_size=64)
     workers = make_workers(cfg, 2, seed=0, use_subprocess=False,
                            available_bytes=RESERVE_BYTES + WORKER_BYTES + GIB // 2)
     try:

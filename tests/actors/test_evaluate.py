@@ -13,14 +13,14 @@ from common.stats import wilson_interval
 from actors.expert_policy import ExpertPolicy
 from actors.rollout import EpisodeRequest
 from common.config import load_config
-from common.config.schema import EnvConfig, ModelConfig
+from common.config.schema import ModelConfig, TabletopEnvConfig
 from common.models import build_policy
 
 TASKS = ["spatial/0", "object/2"]
 
 
 def _env_cfg(**kw):
-    return EnvConfig(tasks=TASKS, num_train_init_states=3, num_heldout_init_states=2, **kw)
+    return TabletopEnvConfig(tasks=TASKS, num_train_init_states=3, num_heldout_init_states=2, **kw)
 
 
 def test_the_scripted_expert_scores_per_task_and_family(tmp_path):

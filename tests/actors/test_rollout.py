@@ -19,7 +19,7 @@ from actors.env_workers import SubprocessWorker, make_workers  # noqa: E402
 from actors.envs.tabletop import TabletopEnv  # noqa: E402
 from actors.expert_policy import ExpertPolicy  # noqa: E402
 from actors.rollout import EpisodeRequest, VectorRollout, steps_in_background  # noqa: E402
-from common.config.schema import EnvConfig, ModelConfig  # noqa: E402
+from common.config.schema import ModelConfig, TabletopEnvConfig  # noqa: E402
 from common.models import build_policy  # noqa: E402
 from common.models.policy import ObsBatch  # noqa: E402
 
@@ -68,13 +68,13 @@ def replay(env: TabletopEnv, task_id: str, init_state_id: int, actions: np.ndarr
 
 
 def test_expert_episodes_succeed_as_the_env_says():
-    envs = [TabletopEnv(EnvConfig()) for _ in range(3)]
+    envs = [TabletopEnv(TabletopEnvConfig()) for _ in range(3)]
     rollout = VectorRollout(envs, ExpertPolicy(envs))
     requests = [EpisodeRequest(t, i, f"g{n}") for n, (t, i) in
                 enumerate([("goal/3", 0), ("spatial/1", 2), ("goal/3", 1), ("object/0", 0)])]
     episodes = rollout.run(requests, temperature=1.6)     # 4 requests on 3 envs: a refill
     assert [e.request for e in episodes] == requests
-    fresh = TabletopEnv(EnvConfig())
+    fresh = TabletopEnv(TabletopEnvConfig())
     for ep in episodes:
         T = math.ceil(ep.length / C)
         assert ep.images.shape == (T, 1, 64, 64, 3) and ep.tokens.shape == (T, C * D)
@@ -89,7 +89,7 @@ def test_expert_episodes_succeed_as_the_env_says():
 
 
 def test_one_forward_per_decision_sparse_renders_and_finished_envs_stop():
-    envs = [CountingEnv(TabletopEnv(EnvConfig())) for _ in range(2)]
+    envs = [CountingEnv(TabletopEnv(TabletopEnvConfig())) for _ in range(2)]
     policy = CountingPolicy(ExpertPolicy([e.env for e in envs]))
     # goal/3 (short) next to spatial/0 (longer): the short one ends first and stops stepping
     requests = [EpisodeRequest("goal/3", 0, "a"), EpisodeRequest("spatial/0", 0, "b")]
@@ -106,7 +106,7 @@ def test_one_forward_per_decision_sparse_renders_and_finished_envs_stop():
 def test_policy_log_probs_recompute_and_step_limit():
     torch.manual_seed(0)
     policy = build_policy(ModelConfig(preset="micro")).eval()
-    env_cfg = EnvConfig(max_steps=20)          # 3 decisions: 8 + 8 + 4 steps
+    env_cfg = TabletopEnvConfig(max_steps=20)          # 3 decisions: 8 + 8 + 4 steps
     envs = [TabletopEnv(env_cfg) for _ in range(2)]
     requests = [EpisodeRequest("spatial/0", 3, "g")] * 2 + [EpisodeRequest("long/2", 1, "h")]
     episodes = VectorRollout(envs, policy).run(requests, 1.6, torch.Generator().manual_seed(1))
@@ -125,7 +125,7 @@ def test_policy_log_probs_recompute_and_step_limit():
 
 
 def test_stop_drops_running_episodes_and_video_has_every_step():
-    envs = [TabletopEnv(EnvConfig()) for _ in range(2)]
+    envs = [TabletopEnv(TabletopEnvConfig()) for _ in range(2)]
     policy = CountingPolicy(ExpertPolicy(envs))
     rollout = VectorRollout(envs, policy)
     cut = rollout.run([EpisodeRequest("goal/3", 0, "a")] * 2, 1.0,
@@ -140,7 +140,7 @@ def test_stop_drops_running_episodes_and_video_has_every_step():
 def test_subprocess_workers_match_in_process():
     torch.manual_seed(0)
     policy = build_policy(ModelConfig(preset="micro")).eval()
-    env_cfg = EnvConfig(max_steps=20)
+    env_cfg = TabletopEnvConfig(max_steps=20)
     requests = [EpisodeRequest("object/1", 2, "g")] * 2
     workers = [SubprocessWorker(env_cfg, seed=i, wait=False) for i in range(2)]
     try:
@@ -164,7 +164,7 @@ def test_subprocess_workers_match_in_process():
 # ------------------------------------------------------------------ double buffering
 
 def test_halves_take_turns_only_when_double_buffered():
-    envs = [TabletopEnv(EnvConfig()) for _ in range(3)]
+    envs = [TabletopEnv(TabletopEnvConfig()) for _ in range(3)]
     assert VectorRollout(envs, ExpertPolicy(envs)).halves() == [[0, 1, 2]]
     assert VectorRollout(envs, ExpertPolicy(envs), double_buffer=True).halves() == [[0, 1], [2]]
     assert VectorRollout(envs[:1], ExpertPolicy(envs[:1]), double_buffer=True).halves() == [[0]]
@@ -176,7 +176,7 @@ def test_double_buffer_gives_the_same_sampled_episodes():
     in the same order as one pass over all envs, so the episodes are the same."""
     torch.manual_seed(0)
     policy = CountingPolicy(build_policy(ModelConfig(preset="micro")).eval())
-    env_cfg = EnvConfig(max_steps=20)          # 3 decisions each
+    env_cfg = TabletopEnvConfig(max_steps=20)          # 3 decisions each
     requests = [EpisodeRequest(t, i, f"g{n // 2}") for n, (t, i) in enumerate(
         [("spatial/0", 3), ("spatial/0", 3), ("long/2", 1), ("long/2", 1), ("goal/1", 0),
          ("goal/1", 0)])]                      # 6 requests on 4 envs: refills
@@ -205,7 +205,7 @@ def test_double_buffer_keeps_the_bookkeeping_of_uneven_episodes():
         [("goal/3", 0), ("spatial/0", 0), ("goal/3", 1), ("object/0", 0), ("goal/3", 2)])]
     runs, counts = {}, {}
     for double in (False, True):
-        envs = [CountingEnv(TabletopEnv(EnvConfig())) for _ in range(3)]
+        envs = [CountingEnv(TabletopEnv(TabletopEnvConfig())) for _ in range(3)]
         policy = CountingPolicy(ExpertPolicy([e.env for e in envs]))
         rollout = VectorRollout(envs, policy, double_buffer=double)
         runs[double] = rollout.run(requests, temperature=1.0)
@@ -222,7 +222,7 @@ def test_double_buffer_keeps_the_bookkeeping_of_uneven_episodes():
 
 
 def test_double_buffer_stops_and_records_videos():
-    envs = [TabletopEnv(EnvConfig()) for _ in range(2)]
+    envs = [TabletopEnv(TabletopEnvConfig()) for _ in range(2)]
     policy = CountingPolicy(ExpertPolicy(envs))
     rollout = VectorRollout(envs, policy, double_buffer=True)
     cut = rollout.run([EpisodeRequest("goal/3", 0, "a")] * 2, 1.0,
@@ -258,7 +258,7 @@ def test_double_buffer_restarts_a_dead_worker_and_drops_its_group():
     was stepping on the other worker, and the next group completes on the restarted worker."""
     torch.manual_seed(0)
     policy = build_policy(ModelConfig(preset="micro")).eval()
-    env_cfg = EnvConfig(suite="goal", max_steps=16, num_train_init_states=5)   # 2 chunks
+    env_cfg = TabletopEnvConfig(suite="goal", max_steps=16, num_train_init_states=5)   # 2 chunks
     workers = make_workers(env_cfg, 2, seed=0, use_subprocess=True)
     try:
         assert steps_in_background(workers)

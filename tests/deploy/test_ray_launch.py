@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common.config.endpoints import ENDPOINTS
 from tests.deploy.test_chaos import _all, learner_versions
 from tests.ingest_helpers import REPO, wait_until
 from tests.waiting import free_port
@@ -121,8 +122,7 @@ def deploy_overrides(tmp: Path, head: RayHead) -> list[str]:
             "algo.success_lo": 0.0, "algo.success_hi": 1.0, "algo.max_staleness": 1000,
             "deploy.address": head.address, "deploy.namespace": f"pushcut-test-{head.port}",
             "deploy.advertise_host": "127.0.0.1", "deploy.bind_host": "127.0.0.1",
-            "deploy.store_port": free_port(), "deploy.weights_port": free_port(),
-            "deploy.announce_port": free_port(), "deploy.heartbeat_port": free_port(),
+            **{f"deploy.ports.{e.name}": free_port() for e in ENDPOINTS},
             "deploy.status_every_s": 1}
     return [f"{k}={v}" for k, v in over.items()]
 

@@ -34,7 +34,7 @@ def test_a_local_run_s_roles_share_paths_and_actors_dial_the_servers(tmp_path):
 
 
 def test_a_cluster_s_servers_bind_and_actors_dial_the_deploy_ports():
-    cfg = load_config(["deploy.store_port=7000", "deploy.heartbeat_port=7003",
+    cfg = load_config(["deploy.ports.store=7000", "deploy.ports.heartbeat=7003",
                        "learner.host_store=true"])
     per_role = cluster_addresses(cfg, dial_host="10.0.0.5", bind_host="0.0.0.0")
     servers = role_commands(cfg, ["wandb=false"], per_role, actors=())

@@ -32,7 +32,8 @@ def test_config_overrides_reproduce_the_config():
                        'run_dir="/tmp/a b\'c"', "env.tasks=[spatial/0,goal/1]",
                        "learner.max_versions=7", "eval.temperatures=[0.0,1.6]"])
     overrides = config_overrides(cfg)
-    assert all(o.startswith("++") for o in overrides)
+    assert overrides[0] == "env=libero"     # its fields exist once the option is chosen
+    assert all(o.startswith("++") for o in overrides[1:])
     assert load_config(overrides) == cfg
     assert config_overrides(load_config([])) == []
 

@@ -38,6 +38,7 @@ BAD = [
     (["algo.success_lo=0.8", "algo.success_hi=0.2"], "algo.success_lo"),
     (["algo.success_hi=1.5"], "algo.success_hi"),
     (["env.name=nope"], "env.name"),
+    (["env.name=libero"], "env.name"),          # LIBERO's settings come with env=libero
     (["env.tasks=[spatial/99]"], "env.tasks"),
     (["env.suite=nope"], "env.suite"),
     (["env.layout=nope"], "env.layout"),
@@ -46,6 +47,7 @@ BAD = [
     (["model.name=nope"], "model.name"),
     (["mode=fast"], "mode"),
     (["store.ingest_address=tcp://127.0.0.1"], "store.ingest_address"),
+    (["store.ingest_address=tcp://*:*"], "store.ingest_address"),    # the actors dial it
     (["learner.heartbeat_address=localhost:5558"], "learner.heartbeat_address"),
     (["store.path={tmp}/elsewhere"], "store.path"),
     (["learner.checkpoint_dir={tmp}/elsewhere"], "learner.checkpoint_dir"),

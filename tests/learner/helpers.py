@@ -17,8 +17,9 @@ TEMPERATURE = 1.6
 
 
 def micro_policy(seed: int = 0):
+    """256 bins, as the synthetic trajectories declare (common/synthetic.py)."""
     torch.manual_seed(seed)
-    return build_policy(ModelConfig(preset="micro"))
+    return build_policy(ModelConfig(preset="micro", num_bins=256))
 
 
 def sampled_group(policy, rng: np.random.Generator, successes: list[bool], *,

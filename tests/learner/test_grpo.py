@@ -14,6 +14,13 @@ from learner.grpo import GRPO
 from learner.loss import policy_loss, token_weights
 from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
 
+
+def algo(**kw) -> AlgoConfig:
+    """One optimiser step per batch unless a test asks for mini-batches: the tests compare
+    a step with the loss of the whole batch."""
+    return AlgoConfig(**{"mini_batches": 1, **kw})
+
+
 MIXED = [True, False, False, True]
 
 
@@ -50,7 +57,7 @@ def test_update_gradient_equals_full_batch_loss():
     policy = micro_policy()
     groups = groups_of(policy)
     reference = copy.deepcopy(policy)
-    cfg = AlgoConfig(micro_batch_size=5, grad_clip=1e9, lr=1.0)
+    cfg = algo(micro_batch_size=5, grad_clip=1e9, lr=1.0)
     before = [p.detach().clone() for p in policy.parameters()]
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=0)
     stats = grpo.update(collate(groups))
@@ -74,7 +81,7 @@ def test_grad_clip_bounds_the_step_and_stats_are_sane():
     policy = micro_policy()
     groups = groups_of(policy, version=3)
     before = torch.cat([p.detach().flatten().clone() for p in policy.parameters()])
-    cfg = AlgoConfig(micro_batch_size=16, grad_clip=1e-3)
+    cfg = algo(micro_batch_size=16, grad_clip=1e-3)
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=5)
     stats = grpo.update(collate(groups))
     after = torch.cat([p.detach().flatten() for p in policy.parameters()])
@@ -91,7 +98,7 @@ def test_grad_clip_bounds_the_step_and_stats_are_sane():
 
 def test_second_epoch_uses_the_start_weights_as_proximal():
     policy = micro_policy()
-    cfg = AlgoConfig(micro_batch_size=16, epochs_per_batch=3, lr=3e-3)
+    cfg = algo(micro_batch_size=16, epochs_per_batch=3, lr=3e-3)
     grpo = GRPO(policy, torch.optim.AdamW(policy.parameters(), lr=3e-3), cfg)
     stats = grpo.update(collate(groups_of(policy)))
     # later epochs see r != 1 relative to the fixed proximal log-probs
@@ -103,7 +110,7 @@ def test_updates_raise_the_probability_of_successful_actions():
     policy = micro_policy(1)
     groups = groups_of(policy, n=2)
     batch = collate(groups)
-    cfg = AlgoConfig(micro_batch_size=8, lr=1e-3)
+    cfg = algo(micro_batch_size=8, lr=1e-3)
     grpo = GRPO(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.lr), cfg)
 
     def margin() -> float:
@@ -126,7 +133,7 @@ def test_staleness_reweights_tokens():
     old = micro_policy(2)
     groups = groups_of(old, version=0)
     policy = micro_policy(3)
-    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0), AlgoConfig(),
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0), algo(),
                 policy_version=4)
     stats = grpo.update(collate(groups))
     assert stats["staleness_max"] == 4
@@ -136,10 +143,10 @@ def test_staleness_reweights_tokens():
 def test_kl_and_entropy_need_their_inputs():
     policy = micro_policy()
     with pytest.raises(ValueError, match="reference"):
-        GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.1), AlgoConfig(kl_coef=0.1))
+        GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.1), algo(kl_coef=0.1))
     ref = micro_policy()
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0),
-                AlgoConfig(kl_coef=0.1, entropy_coef=0.01), reference=ref)
+                algo(kl_coef=0.1, entropy_coef=0.01), reference=ref)
     stats = grpo.update(collate(groups_of(policy, n=1)))
     assert stats["kl_ref"] == pytest.approx(0.0, abs=1e-6)   # same init as the reference
     assert stats["entropy_exact"] == pytest.approx(stats["entropy"])
@@ -153,7 +160,7 @@ def test_mini_batches_take_one_step_each_on_their_own_trajectories():
     groups = groups_of(policy, n=2)
     naive = copy.deepcopy(policy)
     lr = 0.05
-    cfg = AlgoConfig(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr)
+    cfg = algo(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr)
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=lr), cfg)
     stats = grpo.update(collate(groups))
     assert stats["mini_batches"] == 2 and stats["micro_batches"] == 2
@@ -181,7 +188,7 @@ def test_mini_batches_take_one_step_each_on_their_own_trajectories():
 def test_grad_cosine_tells_agreeing_halves_from_opposed_ones():
     policy = micro_policy()
     group = groups_of(policy, n=1)[0]
-    cfg = AlgoConfig(micro_batch_size=4, lr=0.0)
+    cfg = algo(micro_batch_size=4, lr=0.0)
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0), cfg)
     same = grpo.update(collate([group, group]))          # both halves the same trajectories
     assert same["grad_cosine"] == pytest.approx(1.0, abs=1e-4)
@@ -189,7 +196,7 @@ def test_grad_cosine_tells_agreeing_halves_from_opposed_ones():
     opposed = grpo.update(collate([group, flipped]))     # same actions, opposite advantages
     assert opposed["grad_cosine"] == pytest.approx(-1.0, abs=1e-4)
     single = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=0.0),
-                  AlgoConfig(micro_batch_size=16)).update(collate([group]))
+                  algo(micro_batch_size=16)).update(collate([group]))
     assert single["grad_cosine"] is None                 # one micro-batch: no halves
 
 
@@ -208,7 +215,7 @@ def test_a_non_finite_loss_never_steps_the_optimiser(monkeypatch):
     policy = micro_policy()
     groups = groups_of(policy)
     before = torch.cat([p.detach().flatten().clone() for p in policy.parameters()])
-    cfg = AlgoConfig(micro_batch_size=16, grad_clip=1e9)
+    cfg = algo(micro_batch_size=16, grad_clip=1e9)
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=1.0), cfg, policy_version=0)
     stats = grpo.update(collate(groups))
     after = torch.cat([p.detach().flatten() for p in policy.parameters()])

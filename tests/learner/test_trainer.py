@@ -18,7 +18,7 @@ from learner.batch import collate
 from learner.grpo import GRPO, make_optimizer
 from tests.learner.helpers import micro_policy, sampled_group
 
-ALGO = AlgoConfig(micro_batch_size=2, lr=1e-3, grad_clip=1e9)
+ALGO = AlgoConfig(mini_batches=1, micro_batch_size=2, lr=1e-3, grad_clip=1e9)
 # 9 trajectories of different lengths: rank 0 gets 5, rank 1 gets 4, both in 3 micro-batches
 SUCCESSES = [[True, False, False], [True, True, False], [False, True, False]]
 

@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from actors.envs.tabletop.env import ACTION_DIM, PROPRIO_DIM, TabletopEnv
 from actors.envs.tabletop.tasks import MAX_STEPS, TASKS
-from common.config.schema import EnvConfig
+from common.config.envs import TabletopEnvConfig
 
 # |proprio| never reaches this: positions stay within 0.3 m (joint limits), yaw within 1.6 rad
 PROPRIO_BOUND = np.float32(np.pi)
@@ -42,7 +42,7 @@ class TabletopGymEnv(gym.Env):
             raise ValueError(f"render_mode {render_mode!r} not supported (rgb_array or None)")
         self.task_id = task_id
         self.render_mode = render_mode
-        self._env = TabletopEnv(EnvConfig(
+        self._env = TabletopEnv(TabletopEnvConfig(
             tasks=[task_id], image_size=image_size, wrist_camera=wrist_camera,
             num_train_init_states=num_train_init_states,
             num_heldout_init_states=num_heldout_init_states, max_steps=max_steps))

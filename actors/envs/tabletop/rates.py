@@ -14,7 +14,7 @@ from rich.table import Table
 
 from actors.envs.tabletop.env import TabletopEnv
 from actors.envs.tabletop.expert import Expert
-from common.config.schema import EnvConfig
+from common.config.envs import TabletopEnvConfig
 
 
 def episode(env: TabletopEnv, task_id: str, init_state_id: int, policy) -> tuple[bool, int]:
@@ -27,7 +27,7 @@ def episode(env: TabletopEnv, task_id: str, init_state_id: int, policy) -> tuple
 
 
 def rates(episodes: int, noises: list[float], random_episodes: int) -> list[dict]:
-    env = TabletopEnv(EnvConfig(image_size=16))   # reset() renders; keep that cheap
+    env = TabletopEnv(TabletopEnvConfig(image_size=16))   # reset() renders; keep that cheap
     rng = np.random.default_rng(0)
     rows = []
     try:

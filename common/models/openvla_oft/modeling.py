@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+from common.models import DTYPES
 from common.models.openvla_oft import action_bins, checkpoint
 from common.models.openvla_oft.configuration import OpenVLAOFTConfig, preset_config
 from common.models.openvla_oft.prompt import (STOP_ID, PromptEncoder, attention_bias, layout_index,
@@ -37,7 +38,6 @@ from common.models.token_policy import TokenPolicyMixin
 from common.models.policy import ObsBatch
 
 MODEL_TYPES = ("openvla", "openvla_oft")     # config.json model_type values this class loads
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class OpenVLAOFTPolicy(TokenPolicyMixin, PreTrainedModel):
@@ -190,10 +190,7 @@ class OpenVLAOFTPolicy(TokenPolicyMixin, PreTrainedModel):
             kwargs.pop(unused, None)
         overrides = dict(chunk_size=model_cfg.chunk_size, action_dim=model_cfg.action_dim,
                          **kwargs)
-        dtype = DTYPES.get(model_cfg.dtype)
-        if dtype is None:
-            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, "
-                             f"got {model_cfg.dtype!r}")
+        dtype = DTYPES[model_cfg.dtype]     # one of ModelConfig's dtype names (its rule)
         if model_cfg.checkpoint:
             policy = cls.from_pretrained(model_cfg.checkpoint, dtype=dtype, device=device,
                                          **overrides)

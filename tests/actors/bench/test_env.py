@@ -5,11 +5,12 @@ import pytest
 from actors.bench.env import MODES, run, step_loop
 from actors.envs.tabletop import TabletopEnv
 from common.config import load_config
-from common.config.schema import EnvConfig
+from common.config.envs import TabletopEnvConfig
 
 
 def test_step_loop_counts_steps_and_crosses_episodes():
-    env = TabletopEnv(EnvConfig(tasks=["spatial/0", "goal/1"], max_steps=5, image_size=16))
+    env = TabletopEnv(TabletopEnvConfig(tasks=["spatial/0", "goal/1"], max_steps=5,
+                                        image_size=16))
     steps, wall, cpu = step_loop(env, ["spatial/0", "goal/1"], 0.2, render_every=2, seed=0)
     assert steps >= 50 and steps % 50 == 0 and wall >= 0.2 and cpu > 0
     assert env.task.task_id in ("spatial/0", "goal/1") and env.steps <= 5

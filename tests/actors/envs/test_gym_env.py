@@ -5,14 +5,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from actors.envs.tabletop import TASKS, Expert, TabletopEnv, gym_id
-from common.config.schema import EnvConfig
+from common.config.schema import TabletopEnvConfig
 
 
 def test_every_task_is_registered():
     for task_id, task in TASKS.items():
         spec = gym.spec(gym_id(task_id))
         assert spec.kwargs["task_id"] == task_id
-        assert spec.max_episode_steps == TabletopEnv(EnvConfig(tasks=[task_id])).tasks()[0].max_steps
+        env = TabletopEnv(TabletopEnvConfig(tasks=[task_id]))
+        assert spec.max_episode_steps == env.tasks()[0].max_steps
     assert gym_id("long/3") == "pushcut/Tabletop-long-3-v0"
 
 
@@ -27,7 +28,7 @@ def test_reset_by_init_state_id_matches_the_task_env_and_seeds_are_reproducible(
     env = gym.make(gym_id("object/1"), image_size=32)
     obs, info = env.reset(options={"init_state_id": 45})
     assert info["init_state_id"] == 45 and info["instruction"] == "put the green cube in the tray"
-    plain = TabletopEnv(EnvConfig(image_size=32))
+    plain = TabletopEnv(TabletopEnvConfig(image_size=32))
     assert np.array_equal(obs["images"], plain.reset("object/1", 45)["images"])
     plain.close()
     a, ia = env.reset(seed=7)

@@ -6,11 +6,11 @@ import pytest
 
 from actors.envs import make_env
 from actors.envs.tabletop import TabletopEnv
-from common.config.schema import EnvConfig
+from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
 
 
 def test_tabletop_by_name_with_its_config():
-    env = make_env(EnvConfig(name="tabletop", suite="spatial", image_size=32), seed=3)
+    env = make_env(TabletopEnvConfig(suite="spatial", image_size=32), seed=3)
     assert isinstance(env, TabletopEnv)
     assert [t.family for t in env.tasks()] == ["spatial"] * 4
     assert env.reset("spatial/0", 0)["images"].shape == (1, 32, 32, 3)
@@ -24,7 +24,7 @@ def test_libero_is_imported_only_when_asked_for(monkeypatch):
     stand_in = types.ModuleType("actors.envs.libero")
     stand_in.LiberoEnv = lambda cfg: made.append(cfg) or "libero-env"
     monkeypatch.setitem(sys.modules, "actors.envs.libero", stand_in)
-    cfg = EnvConfig(name="libero", suite="libero_spatial")
+    cfg = LiberoEnvConfig(suite="libero_spatial")
     assert make_env(cfg) == "libero-env" and made == [cfg]
 
 

@@ -11,12 +11,12 @@ from actors.envs.tabletop.sim import Sim
 from actors.envs.tabletop.tasks import (
     JITTER, X_RANGE, Y_RANGE, YAW_JITTER, get_task, nominal_layout, sample_layout,
 )
-from common.config.schema import EnvConfig
+from common.config.schema import TabletopEnvConfig
 
 
 @pytest.fixture(scope="module")
 def env():
-    e = TabletopEnv(EnvConfig())
+    e = TabletopEnv(TabletopEnvConfig())
     yield e
     e.close()
 
@@ -38,13 +38,13 @@ def test_every_family_has_four_tasks_with_instructions_and_limits(env):
 
 
 def test_suite_and_task_selection():
-    assert [s.family for s in TabletopEnv(EnvConfig(suite="goal")).tasks()] == ["goal"] * 4
-    picked = TabletopEnv(EnvConfig(tasks=["long/1", "spatial/2"], max_steps=33)).tasks()
+    assert [s.family for s in TabletopEnv(TabletopEnvConfig(suite="goal")).tasks()] == ["goal"] * 4
+    picked = TabletopEnv(TabletopEnvConfig(tasks=["long/1", "spatial/2"], max_steps=33)).tasks()
     assert [(s.task_id, s.max_steps) for s in picked] == [("long/1", 33), ("spatial/2", 33)]
 
 
 def test_train_and_heldout_ids_are_disjoint_ranges():
-    env = TabletopEnv(EnvConfig(num_train_init_states=7, num_heldout_init_states=3))
+    env = TabletopEnv(TabletopEnvConfig(num_train_init_states=7, num_heldout_init_states=3))
     train, held = env.train_init_state_ids("object/1"), env.heldout_init_state_ids("object/1")
     assert train == list(range(7)) and held == [7, 8, 9]
     assert not set(train) & set(held)
@@ -103,7 +103,7 @@ def test_same_task_and_init_state_give_bit_identical_states(env):
     run_a = [env.step(a).obs["images"] for a in actions]
     end_a = _state(env)
     env.reset("object/2", 4)                      # another scene and state in between
-    other = TabletopEnv(EnvConfig())              # and a fresh env
+    other = TabletopEnv(TabletopEnvConfig())              # and a fresh env
     for e in (env, other):
         obs_b = e.reset("long/3", 11)
         assert all(np.array_equal(x, y) for x, y in zip(q_a, _state(e)))
@@ -124,7 +124,7 @@ def test_images_differ_between_init_states_and_tasks(env):
 
 
 def test_observation_shapes_and_dtypes():
-    env = TabletopEnv(EnvConfig(image_size=128, wrist_camera=True))
+    env = TabletopEnv(TabletopEnvConfig(image_size=128, wrist_camera=True))
     obs = env.reset("spatial/1", 0)
     assert obs["images"].shape == (2, 128, 128, 3) and obs["images"].dtype == np.uint8
     assert obs["proprio"].shape == (PROPRIO_DIM,) and obs["proprio"].dtype == np.float32
@@ -135,7 +135,7 @@ def test_observation_shapes_and_dtypes():
     again = env.observe()
     assert again["images"].shape == (2, 128, 128, 3)
     env.close()
-    small = TabletopEnv(EnvConfig())
+    small = TabletopEnv(TabletopEnvConfig())
     assert small.reset("goal/2", 3)["images"].shape == (1, 64, 64, 3)
     small.close()
 
@@ -168,7 +168,7 @@ def test_grasp_is_friction_not_a_weld(env):
 
 
 def test_step_limit_ends_the_episode():
-    env = TabletopEnv(EnvConfig(tasks=["spatial/0"], max_steps=4))
+    env = TabletopEnv(TabletopEnvConfig(tasks=["spatial/0"], max_steps=4))
     env.reset("spatial/0", 0)
     results = [env.step(np.zeros(7), render=False) for _ in range(4)]
     assert [r.done for r in results] == [False, False, False, True]
@@ -189,10 +189,10 @@ def test_bad_input_is_named(env):
     with pytest.raises(ValueError, match="finite"):
         env.step(np.array([np.nan] * 7))
     with pytest.raises(ValueError, match="suite"):
-        TabletopEnv(EnvConfig(suite="kitchen"))
+        TabletopEnv(TabletopEnvConfig(suite="kitchen"))
     with pytest.raises(KeyError, match="spatial/9"):
-        TabletopEnv(EnvConfig(tasks=["spatial/9"]))
-    fresh = TabletopEnv(EnvConfig())
+        TabletopEnv(TabletopEnvConfig(tasks=["spatial/9"]))
+    fresh = TabletopEnv(TabletopEnvConfig())
     with pytest.raises(RuntimeError, match="reset"):
         fresh.observe()
     with pytest.raises(RuntimeError, match="reset"):

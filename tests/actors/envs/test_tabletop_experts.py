@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from actors.envs.tabletop import FAMILIES, Expert, TabletopEnv
-from common.config.schema import EnvConfig
+from common.config.schema import TabletopEnvConfig
 
 
 def _run(env: TabletopEnv, task_id: str, init_state_id: int, policy) -> tuple[bool, int]:
@@ -18,7 +18,7 @@ def _run(env: TabletopEnv, task_id: str, init_state_id: int, policy) -> tuple[bo
 
 @pytest.mark.slow
 def test_noiseless_expert_solves_95_percent_of_20_training_states_per_task():
-    env = TabletopEnv(EnvConfig(image_size=16))   # reset() renders; keep that cheap
+    env = TabletopEnv(TabletopEnvConfig(image_size=16))   # reset() renders; keep that cheap
     lengths = {}
     try:
         for spec in env.tasks():
@@ -41,7 +41,7 @@ def test_noiseless_expert_solves_95_percent_of_20_training_states_per_task():
 
 @pytest.mark.slow
 def test_uniform_random_policy_mostly_fails():
-    env = TabletopEnv(EnvConfig(image_size=16))
+    env = TabletopEnv(TabletopEnvConfig(image_size=16))
     rng = np.random.default_rng(0)
     per_family = {f: [] for f in FAMILIES}
     try:

@@ -167,6 +167,7 @@ def test_padding_and_batching_do_not_change_outputs(policy):
 def test_one_learner_step_raises_the_sampled_log_probs():
     torch.manual_seed(1)
     model = OpenVLAOFTPolicy.from_model_config(ModelConfig(name="openvla_oft", preset="tiny",
+                                                           num_bins=256,
                                                            gradient_checkpointing=True))
     model.train()
     obs = make_obs(4, seed=3)
@@ -183,8 +184,8 @@ def test_one_learner_step_raises_the_sampled_log_probs():
 
 def test_from_model_config_presets_and_dtype():
     model = OpenVLAOFTPolicy.from_model_config(
-        ModelConfig(name="openvla_oft", preset="tiny", dtype="bfloat16", chunk_size=4,
-                    action_dim=3, kwargs={"attention_mode": "bidirectional"}),
+        ModelConfig(name="openvla_oft", preset="tiny", num_bins=256, dtype="bfloat16",
+                    chunk_size=4, action_dim=3, kwargs={"attention_mode": "bidirectional"}),
         action_stats={"q01": [0.0, 0.0, -1.0], "q99": [2.0, 4.0, 1.0], "num_bins": 256,
                       "normalize_mask": [True, True, False]})
     assert model.dtype == torch.bfloat16 and model.config.num_action_tokens == 12
@@ -198,7 +199,8 @@ def test_from_model_config_presets_and_dtype():
             big.text_config.intermediate_size, big.num_patches) == (4096, 32, 11008, 256)
     assert [t["hidden_size"] for t in big.vision_towers] == [1024, 1152]
     with pytest.raises(ValueError, match="preset"):
-        OpenVLAOFTPolicy.from_model_config(ModelConfig(name="openvla_oft", preset="13b"))
+        OpenVLAOFTPolicy.from_model_config(ModelConfig(name="openvla_oft", preset="13b",
+                                                       num_bins=256))
 
 
 def _timm_patches(sd: dict, prefix: str, spec: dict, pixels: torch.Tensor) -> torch.Tensor:
