@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -55,7 +54,7 @@ from rich.live import Live
 from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import (
-    RoleCommand, config_overrides, literal as _literal, local_addresses, merge, override,
+    RoleCommand, config_overrides, local_addresses, merge, override,
     role_commands, role_process, run_paths,
 )
 from deploy.start_policy import measure
@@ -275,9 +274,6 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     """``pushcut run [key=value ...]``."""
     if unexpected_arguments("run", args):
         return USAGE_ERROR
-    if cfg.mode not in ("async", "sync"):
-        print(f"pushcut run: mode must be async or sync, got {cfg.mode!r}", file=sys.stderr)
-        return 2
     console = Console(stderr=True)
     run_dir = Path(cfg.run_dir).resolve()
     log_dir = run_dir / "logs"
