@@ -1,4 +1,5 @@
-"""``pushcut demos``: record scripted-expert demonstrations of the tabletop tasks, for SFT.
+"""``pushcut demos``: record scripted-expert demonstrations for SFT, on a simulator whose
+registry entry names an expert (the tabletop suite).
 
 In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``demos.obs_stride`` S,
 ``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.label``,
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from actors.envs import env_names, env_spec, make_env
 from actors.envs.base import TaskSpec
 from common.config.schema import PushcutConfig
 from common.dataset import write_trajectory
@@ -52,7 +54,7 @@ def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
 
 def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int,
                 trajectory_id: str, label: str = "executed", num_bins: int = 0) -> Trajectory:
-    """Run ``expert`` on a TabletopEnv from (task, init_state_id) to the end of the episode;
+    """Run ``expert`` on its env from (task, init_state_id) to the end of the episode;
     observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``). ``label``:
     record the executed (noisy) actions or the expert's ``clean_action``s. ``num_bins``: the
     record's declared action bins (the model's ``num_bins``; 0: not tokenised)."""
@@ -85,18 +87,16 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     if args:
         print(f"pushcut demos: no positional arguments expected, got {args}")
         return 2
-    if cfg.env.name != "tabletop":
-        print(f"pushcut demos: env.name={cfg.env.name!r} has no scripted expert; use "
-              "env=tabletop (LIBERO demonstrations come with the benchmark)")
+    expert_cls, problem = _expert_of(cfg.env.name)
+    if problem:
+        print(f"pushcut demos: {problem}")
         return 2
     out = Path(cfg.demos.out)
     if (out / "index.jsonl").exists():
         print(f"pushcut demos: {out} already holds a dataset; choose another demos.out "
               "or delete it")
         return 2
-    from actors.envs.tabletop import Expert, TabletopEnv
-
-    env = TabletopEnv(cfg.env, cfg.seed)
+    env = make_env(cfg.env, cfg.seed)
     if cfg.demos.per_task > cfg.env.num_train_init_states:
         # the tabletop suite draws layouts procedurally, so more training ids cost nothing
         print(f"pushcut demos: warning: demos.per_task={cfg.demos.per_task} > "
@@ -108,12 +108,26 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         with Progress(console=Console(stderr=True)) as progress:
             bar = progress.add_task("expert demos", total=len(env.tasks()) * cfg.demos.per_task)
             for spec in env.tasks():
-                _record_task(cfg, env, Expert, spec, stats[spec.task_id],
+                _record_task(cfg, env, expert_cls, spec, stats[spec.task_id],
                              lambda: progress.advance(bar))
     finally:
         env.close()
     _print_summary(stats, out)
     return 0
+
+
+def _expert_of(env_name: str) -> tuple[type | None, str]:
+    """The simulator's scripted expert class, or why there is none."""
+    try:
+        expert_cls = env_spec(env_name).expert_class()
+    except ValueError as exc:
+        return None, str(exc)
+    if expert_cls is None:
+        with_one = [n for n in env_names() if env_spec(n).expert is not None]
+        return None, (f"env.name={env_name!r} has no scripted expert; use a simulator that "
+                      f"has one ({', '.join(with_one)}); LIBERO demonstrations come with the "
+                      "benchmark")
+    return expert_cls, ""
 
 
 def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict,

@@ -36,6 +36,7 @@ import numpy as np
 import zmq
 
 from actors.envs.base import StepResult, TaskEnv, TaskSpec
+from actors.envs.registry import env_spec
 from common.wire.codec import pack_array, unpack_array
 from common.wire.errors import WireError
 
@@ -350,17 +351,17 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *
                  available_bytes: int | None = None, force: bool = False,
                  cpus: Sequence[int] = (), fifo: bool = False
                  ) -> list[InProcessWorker | SubprocessWorker]:
-    """``num_envs`` workers; LIBERO always runs in subprocesses, as many as fit in memory
-    (:func:`libero_worker_count`; ``available_bytes`` and ``force`` or
-    ``env_cfg.force_workers`` go to it). Subprocess workers run on ``cpus`` (empty: the
+    """``num_envs`` workers; a simulator whose spec asks for subprocess workers (LIBERO)
+    always gets them, as many as its ``worker_count`` allows (LIBERO:
+    :func:`libero_worker_count`, as many as fit in memory; ``available_bytes`` and ``force``
+    or ``env_cfg.force_workers`` go to it). Subprocess workers run on ``cpus`` (empty: the
     caller's cores), under SCHED_FIFO if ``fifo``."""
     if num_envs < 1:
         raise ValueError(f"actor.num_envs must be >= 1, got {num_envs}")
-    libero = getattr(env_cfg, "name", None) == "libero"
-    if libero:
-        num_envs = libero_worker_count(num_envs, available_bytes,
-                                       force or bool(getattr(env_cfg, "force_workers", False)))
-    if use_subprocess or libero:
+    spec = env_spec(env_cfg.name)
+    num_envs = spec.count_workers(num_envs, available_bytes,
+                                  force or bool(getattr(env_cfg, "force_workers", False)))
+    if use_subprocess or spec.subprocess_workers:
         workers: list = []
         try:
             for i in range(num_envs):   # start all, then wait: the imports overlap

@@ -1,6 +1,7 @@
-"""``pushcut bench env``: tabletop env steps/s per process, with and without rendering, with
-1 and 2 processes (``bench.processes``), against the standalone limits measured in the
-same run.
+"""``pushcut bench env``: env steps/s per process of an in-process simulator (``env.name``,
+the tabletop suite by default), with and without rendering, with 1 and 2 processes
+(``bench.processes``), against the standalone limits measured in the same run (the tabletop
+suite's bare MuJoCo physics and renders; other simulators report steps/s alone).
 
 In: ``cfg.env`` (image size, wrist camera, tasks), ``cfg.model.chunk_size`` C,
 ``cfg.bench.seconds`` (split evenly over the measurements), ``cfg.bench.processes``.
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from dataclasses import asdict
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.config.schema import EnvConfig, PushcutConfig, TabletopEnvConfig
+from actors.envs import env_spec, make_env
+from common.config.schema import EnvConfig, PushcutConfig
 
 MODES = ("every step", "every C", "none")   # when an observation is rendered
 
@@ -55,10 +56,8 @@ def step_loop(env, task_ids: list[str], seconds: float, render_every: int, seed:
     return steps, time.perf_counter() - start, time.process_time() - cpu
 
 
-def _worker(env_kwargs: dict, seconds: float, render_every: int, seed: int, go, out) -> None:
-    from actors.envs.tabletop import TabletopEnv
-
-    env = TabletopEnv(TabletopEnvConfig(**env_kwargs))
+def _worker(env_cfg: EnvConfig, seconds: float, render_every: int, seed: int, go, out) -> None:
+    env = make_env(env_cfg)
     task_ids = [t.task_id for t in env.tasks()]
     for task_id in task_ids:                  # warm up: build every scene and renderer
         env.reset(task_id, 0)
@@ -73,7 +72,7 @@ def measure(env_cfg: EnvConfig, processes: int, seconds: float, render_every: in
     in total, and per CPU-second (a per-core figure that other load does not dilute)."""
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(asdict(env_cfg), seconds, render_every, i, go, out))
+    procs = [ctx.Process(target=_worker, args=(env_cfg, seconds, render_every, i, go, out))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -93,17 +92,21 @@ def measure(env_cfg: EnvConfig, processes: int, seconds: float, render_every: in
             "per_cpu_s": float(sum(r[0] for r in results) / sum(r[2] for r in results))}
 
 
-def limits(env_cfg: EnvConfig, seconds: float) -> dict:
+def limits(env_cfg: EnvConfig, seconds: float) -> dict | None:
     """Standalone limits in this process, per CPU-second, over every scene of the selected
     tasks: bare mj_step control periods (random actuator targets, no env logic) and bare
-    renders."""
+    renders. None for a simulator other than the tabletop suite, whose MuJoCo scene this
+    drives directly."""
     import mujoco
 
     from actors.envs.tabletop import TabletopEnv
     from actors.envs.tabletop.env import action_to_ctrl
     from actors.envs.tabletop.scene import SUBSTEPS
 
-    env = TabletopEnv(env_cfg)
+    env = make_env(env_cfg)
+    if not isinstance(env, TabletopEnv):
+        env.close()
+        return None
     rng = np.random.default_rng(0)
     families = {t.family: t.task_id for t in env.tasks()}
     cost = {"physics": 0.0, "render": 0.0}
@@ -128,15 +131,14 @@ def limits(env_cfg: EnvConfig, seconds: float) -> dict:
 
 
 def run(cfg: PushcutConfig) -> dict:
-    if cfg.env.name != "tabletop":
-        raise ValueError(f"bench env measures the tabletop suite; got env.name={cfg.env.name!r}")
+    spec = env_spec(cfg.env.name)   # ValueError naming the registered envs
     procs = sorted(set(int(p) for p in cfg.bench.processes))
     if not procs or procs[0] < 1:
         raise ValueError(f"bench.processes must be positive counts, got {cfg.bench.processes}")
     share = max(cfg.bench.seconds / (len(procs) * len(MODES) + 1), 1.0)
-    figures: dict = {"limits_per_cpu_s": limits(cfg.env, share),
-                     "image_size": cfg.env.image_size,
-                     "cameras": 2 if cfg.env.wrist_camera else 1,
+    figures: dict = {"env": cfg.env.name, "limits_per_cpu_s": limits(cfg.env, share),
+                     "image_size": spec.image_size(cfg.env),
+                     "cameras": spec.views(cfg.env),
                      "chunk_size": cfg.model.chunk_size, "seconds_each": share, "runs": []}
     for n in procs:
         for mode in MODES:
@@ -150,17 +152,19 @@ def _print(fig: dict) -> None:
     lim = fig["limits_per_cpu_s"]
     # the cost of a step with nothing but the simulator: physics, plus the renders
     bound = {mode: 1 / (1 / lim["physics"] + (1 / (lim["render"] * k) if k else 0.0))
-             for mode, k in ((m, _render_every(m, fig["chunk_size"])) for m in MODES)}
+             for mode, k in ((m, _render_every(m, fig["chunk_size"])) for m in MODES)
+             } if lim else {}
     single = {r["render"]: r["per_process"] for r in fig["runs"] if r["processes"] == 1}
-    table = Table(title=f"tabletop env steps/s ({fig['image_size']}x{fig['image_size']}, "
-                        f"{fig['cameras']} camera(s), C={fig['chunk_size']}); bare sim per "
-                        f"CPU-s: physics {lim['physics']:.0f}, render {lim['render']:.0f}")
+    bare = (f"; bare sim per CPU-s: physics {lim['physics']:.0f}, render {lim['render']:.0f}"
+            if lim else "")
+    table = Table(title=f"{fig['env']} env steps/s ({fig['image_size']}x{fig['image_size']}, "
+                        f"{fig['cameras']} camera(s), C={fig['chunk_size']}){bare}")
     for col in ("procs", "render", "per process", "total", "per CPU-s", "vs bare sim",
                 "vs 1 proc"):
         table.add_column(col, justify="right")
     for r in fig["runs"]:
         vs_one = r["per_process"] / single[r["render"]] if r["render"] in single else np.nan
+        vs_bare = f"{r['per_cpu_s'] / bound[r['render']]:.2f}" if bound else "-"
         table.add_row(str(r["processes"]), r["render"], f"{r['per_process']:.0f}",
-                      f"{r['total']:.0f}", f"{r['per_cpu_s']:.0f}",
-                      f"{r['per_cpu_s'] / bound[r['render']]:.2f}", f"{vs_one:.2f}")
+                      f"{r['total']:.0f}", f"{r['per_cpu_s']:.0f}", vs_bare, f"{vs_one:.2f}")
     Console().print(table)

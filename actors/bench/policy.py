@@ -26,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from actors.envs import env_spec
 from common.models.policy import ObsBatch
 
 BATCH_SIZES = (8, 16, 32, 64)
@@ -90,11 +91,13 @@ def forward_flops(fn: Callable[[], Any]) -> int:
 
 
 def build_policy(cfg, device: torch.device):
-    """The configured policy on ``device``; OpenVLA-OFT is created there directly (7B)."""
-    if cfg.model.name == "openvla_oft":
-        from common.models.openvla_oft.modeling import OpenVLAOFTPolicy
-        return OpenVLAOFTPolicy.from_model_config(cfg.model, device=device)
+    """The configured policy on ``device``; a model that can (OpenVLA-OFT's 7B) is created
+    there directly, without a host copy on the way."""
     from common.models import build_policy as build_registered
+    from common.models import policy_class
+    cls = policy_class(cfg.model.name)
+    if getattr(cls, "BUILDS_ON_DEVICE", False):
+        return cls.from_model_config(cfg.model, device=device)
     return build_registered(cfg.model).to(device)
 
 
@@ -185,15 +188,16 @@ def _print(figures: dict) -> None:
 
 def run(cfg) -> dict:
     actor_device, learner_device = torch.device(cfg.actor.device), torch.device(cfg.learner.device)
-    cameras = 2 if cfg.env.wrist_camera else 1
+    env = env_spec(cfg.env.name)   # the observations its policy will see
+    cameras, size = env.views(cfg.env), env.image_size(cfg.env)
     budget = max(cfg.bench.seconds / (2 * len(BATCH_SIZES) + 2), 0.5)
     policy = build_policy(cfg, actor_device)
     params = sum(p.numel() for p in policy.parameters())
-    actor = bench_actor(policy, actor_device, cameras, cfg.env.image_size, budget)
+    actor = bench_actor(policy, actor_device, cameras, size, budget)
     policy.to(learner_device)
     try:
         learner = bench_learner(policy, learner_device, cfg.algo.micro_batch_size, cameras,
-                                cfg.env.image_size, cfg.algo.lr, budget)
+                                size, cfg.algo.lr, budget)
     except torch.OutOfMemoryError as exc:
         raise SystemExit(f"bench policy: the learner micro-batch ({cfg.algo.micro_batch_size}) "
                          f"does not fit one {learner_device} with AdamW states; lower "

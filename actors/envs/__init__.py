@@ -1,32 +1,34 @@
-"""Env adapters behind the TaskEnv protocol (``actors/envs/base.py``) and their factory.
+"""Env adapters behind the TaskEnv protocol (``actors/envs/base.py``), their registry and
+factory.
 
-``make_env(env_cfg, seed)`` builds the simulator that ``env_cfg.name`` names: ``tabletop``
-(the built-in MuJoCo suite), ``libero`` (the real benchmark, imported only when asked
-for, since it pulls robosuite) or ``probe`` (tasks with a known
-answer, actors/envs/probe.py). All are imported lazily, so importing this package costs
-nothing.
+``make_env(env_cfg, seed)`` builds the simulator registered as ``env_cfg.name``
+(:mod:`actors.envs.registry`): ``tabletop`` (the built-in MuJoCo suite), ``libero`` (the
+real benchmark, which pulls robosuite) or ``probe`` (tasks with a known answer,
+actors/envs/probe.py). ``env_spec(name)`` says what a simulator has (tasks, suites, workers,
+observation shapes, expert) without importing it, so importing this package costs nothing.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from actors.envs.base import StepResult, TaskEnv, TaskSpec
-from common.config.schema import EnvConfig
+from actors.envs.registry import (
+    EnvSpec, LazyNames, env_names, env_spec, register_env, unregister_env,
+)
 
-ENV_NAMES = ("tabletop", "libero", "probe")
 
-
-def make_env(env_cfg: EnvConfig, seed: int = 0) -> TaskEnv:
+def make_env(env_cfg: Any, seed: int = 0) -> TaskEnv:
     """The TaskEnv for ``env_cfg.name``; ``seed`` reaches simulators that use one (the
     tabletop suite is deterministic in (task_id, init_state_id) and ignores it)."""
-    if env_cfg.name == "tabletop":
-        from actors.envs.tabletop import TabletopEnv
-        return TabletopEnv(env_cfg, seed)
-    if env_cfg.name == "libero":
-        from actors.envs.libero import LiberoEnv
-        return LiberoEnv(env_cfg)
-    if env_cfg.name == "probe":
-        from actors.envs.probe import ProbeEnv
-        return ProbeEnv(env_cfg, seed)
-    raise ValueError(f"unknown env.name {env_cfg.name!r}; use one of {', '.join(ENV_NAMES)}")
+    return env_spec(env_cfg.name).make(env_cfg, seed)
 
 
-__all__ = ["ENV_NAMES", "StepResult", "TaskEnv", "TaskSpec", "make_env"]
+def __getattr__(name: str) -> Any:
+    # ENV_NAMES for the callers that read it: read now, so an env registered later is in it
+    if name == "ENV_NAMES":
+        return tuple(env_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["EnvSpec", "LazyNames", "StepResult", "TaskEnv", "TaskSpec", "env_names",
+           "env_spec", "make_env", "register_env", "unregister_env"]

@@ -69,6 +69,16 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
     return suite, int(index)
 
 
+def is_task_id(task_id: str) -> bool:
+    """A well-formed ``"<suite>/<index>"`` (whether the suite has that many tasks is known
+    only once LIBERO is imported)."""
+    try:
+        parse_task_id(task_id)
+    except ValueError:
+        return False
+    return True
+
+
 def init_state_split(num_train: int, num_heldout: int,
                      total: int = NUM_INIT_STATES) -> tuple[list[int], list[int]]:
     """Training ids [0, num_train) and held-out ids [num_train, num_train + num_heldout)."""

@@ -5,14 +5,20 @@
 - ``load_policy(path, device="cpu")``: a ``save_pretrained`` directory, dispatched on the
   ``model_type`` in its ``config.json``.
 
+- ``model_presets(name)``: the ``model.preset`` values a registered model knows.
+
 Registry: ``tiny_vla`` (common/models/tiny_vla/modeling.py) and ``openvla_oft``
 (common/models/openvla_oft/modeling.py). Model modules are imported only when used. A registered
 class is a ``PreTrainedModel`` with ``from_pretrained``, a classmethod
-``from_model_config(model_cfg, action_stats) -> Policy`` for fresh weights, and optionally
-``MODEL_TYPES`` (the config.json model_types it loads; default its config's model_type).
+``from_model_config(model_cfg, action_stats) -> Policy`` for fresh weights, ``PRESETS``
+(preset name -> fields of its ``config_class``, stated once in the model's configuration
+module), and optionally ``MODEL_TYPES`` (the config.json model_types it loads; default its
+config's model_type) and ``BUILDS_ON_DEVICE`` (``from_model_config`` takes ``device=`` and
+creates the weights there).
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from pathlib import Path
@@ -38,6 +44,20 @@ def policy_class(name: str) -> type:
         raise ValueError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def model_presets(name: str) -> list[str]:
+    """The presets of a registered model (its class's ``PRESETS``)."""
+    return list(policy_class(name).PRESETS)
+
+
+def model_preset_config(name: str, preset: str) -> Any:
+    """The config of preset ``preset`` of model ``name`` (before ModelConfig's overrides)."""
+    cls = policy_class(name)
+    if preset not in cls.PRESETS:
+        raise ValueError(f"model.preset {preset!r} is not a {name} preset "
+                         f"({', '.join(cls.PRESETS)})")
+    return cls.config_class(**copy.deepcopy(cls.PRESETS[preset]))
 
 
 def build_policy(model_cfg: ModelConfig, action_stats: dict[str, Any] | None = None) -> Policy:

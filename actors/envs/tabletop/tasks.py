@@ -90,6 +90,7 @@ def _defs() -> list[TaskDef]:
 
 TASKS: dict[str, TaskDef] = {t.task_id: t for t in _defs()}
 FAMILIES = tuple(SCENES)
+SUITES = ("all", *FAMILIES)   # env.suite: every task, or one family's
 
 
 def get_task(task_id: str) -> TaskDef:
@@ -102,8 +103,8 @@ def tasks_of(suite: str) -> list[TaskDef]:
     """``suite``: a family name or "all"."""
     if suite == "all":
         return list(TASKS.values())
-    if suite not in SCENES:
-        raise ValueError(f"unknown tabletop suite {suite!r}; use all or one of {', '.join(FAMILIES)}")
+    if suite not in SUITES:
+        raise ValueError(f"unknown tabletop suite {suite!r}; use one of {', '.join(SUITES)}")
     return [t for t in TASKS.values() if t.family == suite]
 
 

@@ -13,7 +13,7 @@ checkpoint's ``config.json`` loads as is and ours is a superset of it. pushcut a
   openvla-oft transformers fork does, moojink/openvla-oft issues #27, #89).
 - ``num_images_in_input`` (cameras fed to the vision backbone) and ``unnorm_key``.
 
-Presets (:func:`preset_config`): ``7b`` (DINOv2 ViT-L/14-reg4 + SigLIP SO400M/14 at 224 px,
+Presets (:data:`PRESETS`, built by :func:`preset_config`): ``7b`` (DINOv2 ViT-L/14-reg4 + SigLIP SO400M/14 at 224 px,
 fused projector 2176 -> 8704 -> 4096 -> 4096, Llama-2 7B) and ``tiny`` (same structure,
 a few million parameters, 32-px images) for tests and CPU runs.
 """
@@ -136,18 +136,24 @@ def _tiny_towers() -> list[dict[str, Any]]:
             dict(SIGLIP_SO400M, hidden_size=48, mlp_dim=96, **common)]
 
 
+# preset -> OpenVLAOFTConfig fields; ``7b`` is the published model, ``tiny`` the same
+# structure at a few million parameters (the full 32064-token vocabulary is kept so that
+# action ids are the real ones)
+PRESETS: dict[str, dict[str, Any]] = {
+    "7b": dict(text_config=dict(LLAMA2_7B)),
+    "tiny": dict(text_config=dict(LLAMA2_7B, hidden_size=64, intermediate_size=176,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=4, max_position_embeddings=512),
+                 vision_backbone_id="dinosiglip-vit-so-224px", vision_towers=_tiny_towers(),
+                 llm_backbone_id="llama2-tiny", llm_max_length=512),
+}
+
+
 def preset_config(preset: str, **overrides: Any) -> OpenVLAOFTConfig:
-    """``7b`` or ``tiny`` OpenVLAOFTConfig; ``overrides`` set any config field."""
-    if preset == "7b":
-        base: dict[str, Any] = dict(text_config=dict(LLAMA2_7B))
-    elif preset == "tiny":
-        # The full 32064-token vocabulary is kept so that action ids are the real ones.
-        text = dict(LLAMA2_7B, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
-        base = dict(text_config=text, vision_backbone_id="dinosiglip-vit-so-224px",
-                    vision_towers=_tiny_towers(), llm_backbone_id="llama2-tiny",
-                    llm_max_length=512)
-    else:
-        raise ValueError(f"unknown openvla_oft preset {preset!r}; choose tiny or 7b")
+    """A :data:`PRESETS` entry as an OpenVLAOFTConfig; ``overrides`` set any config field."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown openvla_oft preset {preset!r}; choose one of "
+                         f"{', '.join(PRESETS)}")
+    base = copy.deepcopy(PRESETS[preset])   # the config keeps the lists it is given
     base.update(overrides)
     return OpenVLAOFTConfig(**base)

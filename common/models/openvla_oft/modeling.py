@@ -30,7 +30,7 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 
 from common.models import DTYPES
 from common.models.openvla_oft import action_bins, checkpoint
-from common.models.openvla_oft.configuration import OpenVLAOFTConfig, preset_config
+from common.models.openvla_oft.configuration import PRESETS, OpenVLAOFTConfig, preset_config
 from common.models.openvla_oft.prompt import (STOP_ID, PromptEncoder, attention_bias, layout_index,
                                           position_ids)
 from common.models.openvla_oft.vision import Projector, VisionBackbone, preprocess_images
@@ -44,6 +44,10 @@ class OpenVLAOFTPolicy(TokenPolicyMixin, PreTrainedModel):
     """OpenVLA(-OFT) with parallel decoding of K action tokens; fills common.models.policy.Policy."""
 
     config_class = OpenVLAOFTConfig
+    PRESETS = PRESETS            # model.preset names -> config fields (configuration.py)
+    # from_model_config(..., device=) creates the weights on the device: a 7B model never
+    # passes through host memory in float32
+    BUILDS_ON_DEVICE = True
     base_model_prefix = "openvla"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True

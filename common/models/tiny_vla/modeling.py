@@ -80,6 +80,7 @@ class Block(GradientCheckpointingLayer):
 
 class TinyVLAPolicy(TokenPolicyMixin, PreTrainedModel):
     config_class = TinyVLAConfig
+    PRESETS = PRESETS            # model.preset names -> config fields (configuration.py)
     base_model_prefix = "tiny_vla"
     main_input_name = "images"
     supports_gradient_checkpointing = True

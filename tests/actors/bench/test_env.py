@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from actors.bench.env import MODES, run, step_loop
+from actors.bench.env import MODES, _print, limits, run, step_loop
 from actors.envs.tabletop import TabletopEnv
 from common.config import load_config
 from common.config.envs import TabletopEnvConfig
@@ -27,3 +27,12 @@ def test_bench_env_reports_every_mode_for_each_process_count():
     assert rate["none"] > rate["every step"]          # rendering costs something
     assert fig["limits_per_cpu_s"]["physics"] > 0 and fig["limits_per_cpu_s"]["render"] > 0
     assert np.isfinite(fig["seconds_each"])
+
+
+def test_another_simulator_has_no_bare_sim_limits(capsys):
+    cfg = load_config(["env=probe", "env.image_size=8"])
+    assert limits(cfg.env, 0.1) is None
+    _print({"env": "probe", "limits_per_cpu_s": None, "image_size": 8, "cameras": 1,
+            "chunk_size": 8, "runs": [{"processes": 1, "render": m, "per_process": 10.0,
+                                       "total": 10.0, "per_cpu_s": 12.0} for m in MODES]})
+    assert "probe env steps/s" in capsys.readouterr().out

@@ -22,10 +22,15 @@ def test_libero_is_imported_only_when_asked_for(monkeypatch):
     # module records what the factory passes on.
     made = []
     stand_in = types.ModuleType("actors.envs.libero")
-    stand_in.LiberoEnv = lambda cfg: made.append(cfg) or "libero-env"
+    stand_in.LiberoEnv = lambda cfg, seed: made.append(cfg) or "libero-env"
     monkeypatch.setitem(sys.modules, "actors.envs.libero", stand_in)
     cfg = LiberoEnvConfig(suite="libero_spatial")
     assert make_env(cfg) == "libero-env" and made == [cfg]
+
+
+def test_a_config_without_the_simulators_settings_is_refused():
+    with pytest.raises(TypeError, match="reads a TabletopEnvConfig.*env=tabletop"):
+        make_env(EnvConfig(name="tabletop"))
 
 
 def test_unknown_name_is_named():
