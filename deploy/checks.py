@@ -23,10 +23,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from common.config.endpoints import ENDPOINTS
-from common.config.envs import TabletopEnvConfig
 from common.config.rules import tcp_port
 from common.config.schema import PushcutConfig
 
@@ -85,59 +84,34 @@ def check_run(cfg: PushcutConfig) -> list[str]:
 
 
 def check_env(cfg: PushcutConfig) -> list[str]:
-    """env.name a known simulator whose settings ``cfg.env`` carries (those of its env group
-    option), and for it the suite, layout and tasks; the keys of actor.task_weights."""
-    from actors.envs import ENV_NAMES
-    from common.config.loading import GROUP_OPTIONS
+    """env.name a registered simulator whose settings ``cfg.env`` carries, and for it the
+    suite, layout and tasks; the keys of actor.task_weights."""
+    from actors.envs import env_names, env_spec
     env, found = cfg.env, []
-    if env.name not in ENV_NAMES:
-        return [f"env.name={env.name!r}: must be one of {', '.join(ENV_NAMES)}"]
-    option = GROUP_OPTIONS["env"].get(env.name)
-    if option is not None and not isinstance(env, type(option)):
+    if env.name not in env_names():
+        return [f"env.name={env.name!r}: must be one of {', '.join(env_names())}"]
+    spec = env_spec(env.name)
+    if not isinstance(env, spec.config_class):
         return [f"env.name={env.name!r}: must be chosen with env={env.name}, which brings "
                 "that simulator's settings"]
-    tasks, families, suites, layouts = _env_lists(env.name)
-    if suites is not None and env.suite not in suites and not (env.name == "libero" and env.tasks):
-        found.append(f"env.suite={env.suite!r}: must be one of {', '.join(suites)}")
-    if layouts is not None and isinstance(env, TabletopEnvConfig) and env.layout not in layouts:
-        found.append(f"env.layout={env.layout!r}: must be one of {', '.join(layouts)}")
-    known = ", ".join(tasks) if tasks is not None else "'<suite>/<index>'"
+    # an open-ended task list (LIBERO's <suite>/<index>) names its suites itself
+    if spec.suites is not None and env.suite not in spec.suites \
+            and not (spec.tasks is None and env.tasks):
+        found.append(f"env.suite={env.suite!r}: must be one of {', '.join(spec.suites)}")
+    if spec.layouts is not None and env.layout not in spec.layouts:
+        found.append(f"env.layout={env.layout!r}: must be one of {', '.join(spec.layouts)}")
+    known = spec.known_tasks_text()
     for task in env.tasks:
-        if not _task_known(task, tasks):
+        if not spec.task_known(task):
             found.append(f"env.tasks={list(env.tasks)!r}: {task!r} must be a {env.name} task "
                          f"({known})")
     for key, weight in cfg.actor.task_weights.items():
-        if key not in families and not _task_known(key, tasks):
+        if key not in spec.families and not spec.task_known(key):
             found.append(f"actor.task_weights: key {key!r} must be a {env.name} family "
-                         f"({', '.join(families)}) or task ({known})")
+                         f"({', '.join(spec.families)}) or task ({known})")
         elif not (isinstance(weight, (int, float)) and weight >= 0):
             found.append(f"actor.task_weights.{key}={weight!r}: must be a number >= 0")
     return found
-
-
-def _env_lists(name: str) -> tuple[Optional[list[str]], list[str], Optional[list[str]],
-                                   Optional[list[str]]]:
-    """env.name -> (task ids or None when open-ended, families, suites, layouts)."""
-    if name == "tabletop":
-        from actors.envs.tabletop.tasks import FAMILIES, LAYOUTS, TASKS
-        return list(TASKS), list(FAMILIES), ["all", *FAMILIES], list(LAYOUTS)
-    if name == "libero":
-        from actors.envs.libero import SUITES
-        return None, list(SUITES), list(SUITES), None
-    from actors.envs.probe import PROBES
-    return list(PROBES), ["probe"], None, None
-
-
-def _task_known(task: str, known: Optional[list[str]]) -> bool:
-    """In the list, or (LIBERO, ``known`` None) a well-formed ``<suite>/<index>``."""
-    if known is not None:
-        return task in known
-    from actors.envs.libero import parse_task_id
-    try:
-        parse_task_id(task)
-    except ValueError:
-        return False
-    return True
 
 
 def check_model(cfg: PushcutConfig) -> list[str]:
@@ -149,23 +123,13 @@ def check_model(cfg: PushcutConfig) -> list[str]:
             return [f"model.checkpoint={m.checkpoint!r}: must be a save_pretrained directory "
                     "(with config.json)"]
         return []
-    from common.models import REGISTRY
+    from common.models import REGISTRY, model_presets
     if m.name not in REGISTRY:
         return [f"model.name={m.name!r}: must be one of {', '.join(sorted(REGISTRY))}"]
     presets = model_presets(m.name)
-    if presets is not None and m.preset not in presets:
+    if m.preset not in presets:
         return [f"model.preset={m.preset!r}: must be one of {', '.join(presets)} for {m.name}"]
     return []
-
-
-def model_presets(name: str) -> Optional[list[str]]:
-    """The presets of a registered model (None: not known here)."""
-    if name == "tiny_vla":
-        from common.models.tiny_vla.configuration import PRESETS
-        return list(PRESETS)
-    if name == "openvla_oft":
-        return ["tiny", "7b"]   # common/models/openvla_oft/configuration.py: preset_config
-    return None
 
 
 def check_placement(cfg: PushcutConfig) -> list[str]:
@@ -178,7 +142,10 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
         bad = [c for c in value if not isinstance(c, int) or c not in cores]
         if bad:
             out.append(f"placement.{role}={list(value)}: cores must be among {cores}")
-    subprocess_envs = cfg.actor.subprocess_envs or cfg.env.name == "libero"
+    from actors.envs import env_names, env_spec
+    # a simulator whose spec asks for subprocess workers gets them whatever the setting says
+    subprocess_envs = cfg.actor.subprocess_envs or (
+        cfg.env.name in env_names() and env_spec(cfg.env.name).subprocess_workers)
     if cfg.placement.env_workers and not subprocess_envs:
         out.append(f"placement.env_workers={list(cfg.placement.env_workers)}: "
                    "actor.subprocess_envs must be true (in-process envs run on the actor's "

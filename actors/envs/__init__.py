@@ -23,12 +23,5 @@ def make_env(env_cfg: Any, seed: int = 0) -> TaskEnv:
     return env_spec(env_cfg.name).make(env_cfg, seed)
 
 
-def __getattr__(name: str) -> Any:
-    # ENV_NAMES for the callers that read it: read now, so an env registered later is in it
-    if name == "ENV_NAMES":
-        return tuple(env_names())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["EnvSpec", "LazyNames", "StepResult", "TaskEnv", "TaskSpec", "env_names",
            "env_spec", "make_env", "register_env", "unregister_env"]

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from common.config.rules import at_least, in_range, redefault, setting
 
-__all__ = ["EnvConfig", "TabletopEnvConfig", "LiberoEnvConfig", "env_config"]
+__all__ = ["EnvConfig", "TabletopEnvConfig", "LiberoEnvConfig", "ENV_OPTIONS", "env_config"]
 
 
 @dataclass
@@ -73,6 +73,12 @@ class LiberoEnvConfig(EnvConfig):
     """area fraction kept by the centre crop (OpenVLA: 0.9)"""
     force_workers: bool = False
     """start one env worker even when none fits in free memory (2-3 GB each)"""
+
+
+# the env group's options (``env=NAME``), one line per simulator; the probe tasks read only
+# the fields every simulator has
+ENV_OPTIONS: dict[str, type[EnvConfig]] = {
+    "tabletop": TabletopEnvConfig, "libero": LiberoEnvConfig, "probe": EnvConfig}
 
 
 def env_config(fields: dict[str, Any]) -> EnvConfig:

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
+from common.config.envs import ENV_OPTIONS, EnvConfig
 from common.config.schema import (
     ActorConfig, AlgoConfig, LearnerConfig, ModelConfig, PushcutConfig, StoreConfig,
 )
@@ -19,8 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # instance of the dataclasses, so their defaults are stated once. configs/config.yaml picks
 # the root's option of each group (the one PushcutConfig() holds).
 GROUP_OPTIONS: dict[str, dict[str, object]] = {
-    # the probe tasks read only the fields every simulator has
-    "env": {"tabletop": TabletopEnvConfig(), "libero": LiberoEnvConfig(), "probe": EnvConfig()},
+    "env": {name: config_class() for name, config_class in ENV_OPTIONS.items()},
     "model": {
         "tiny_vla": ModelConfig(),
         # OpenVLA-OFT at the tiny preset (a few million parameters, 32-px images): tests

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from actors.env_workers import InProcessWorker, make_workers
-from actors.envs import (ENV_NAMES, EnvSpec, LazyNames, StepResult, TaskSpec, env_names,
+from actors.envs import (EnvSpec, LazyNames, StepResult, TaskSpec, env_names,
                          env_spec, make_env, register_env, unregister_env)
 from actors.envs.libero import RESERVE_BYTES, WORKER_BYTES
 from common.config.schema import EnvConfig
@@ -138,8 +138,6 @@ def test_a_registered_env_is_built_by_make_env_and_the_workers():
     register_env(spec)
     try:
         assert env_spec("one_step") is spec and "one_step" in env_names()
-        import actors.envs
-        assert "one_step" in actors.envs.ENV_NAMES and "one_step" not in ENV_NAMES
         cfg = EnvConfig(name="one_step", image_size=4)
         env = make_env(cfg, seed=7)
         assert isinstance(env, OneStepEnv) and env.seed == 7 and env.cfg is cfg
