@@ -38,7 +38,7 @@ from rich.table import Table
 
 from common.config.schema import PushcutConfig
 from common.metrics import read_jsonl
-from deploy.run_local import start_children, stop_children
+from deploy.run import start_children, stop_children
 from deploy.run_status import LearnerLog
 
 MODES = ("async", "sync")

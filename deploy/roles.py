@@ -1,5 +1,5 @@
 """The command lines of pushcut's roles (``python -m deploy.cli <role> key=value ...``), built
-once for every launcher: ``pushcut run`` (deploy/run_local.py), ``pushcut soak``
+once for every launcher: ``pushcut run`` (deploy/run.py), ``pushcut soak``
 (deploy/soak.py) and ``pushcut deploy`` (deploy/ray_launch.py).
 
 In: the composed config and the overrides every role shares. Out: per role the overrides
@@ -207,3 +207,20 @@ def role_process(name: str, command: RoleCommand, log_dir: str | Path,
                              log_path=str(Path(log_dir) / f"{name}.log"), cpus=command.cpus,
                              nice=command.nice,
                              **options)
+
+
+def run_step(name: str, role: str, overrides: list[str], log_dir: Path, console: Any,
+             signals: Any, launcher: str = "pushcut run") -> None:
+    """Run one preparation command (``pushcut <role>``) to completion under ``launcher``, its
+    output in ``<log_dir>/<name>.log``. The first stop signal (``signals``: a
+    :class:`~common.process.StopSignals`) stops it and raises; a second one hurries it; a
+    non-zero exit raises with the log's last lines."""
+    child = role_process(name, RoleCommand(role, overrides), log_dir, max_restarts=0).start()
+    console.print(f"[bold]{launcher}[/]: {name} (pid {child.pid}, log {child.log_path})")
+    while child.alive:
+        if signals.stop.wait(0.5):
+            child.stop(timeout_s=30, hurry=signals.hurry)
+            raise RuntimeError(f"interrupted during `pushcut {role}`")
+    if child.returncode != 0:
+        raise RuntimeError(f"`pushcut {role}` failed (exit {child.returncode}); "
+                           f"see {child.log_path}:\n{child.tail()}")

@@ -1,4 +1,4 @@
-"""The live status of ``pushcut run`` (deploy/run_local.py): what the run is doing, from
+"""The live status of ``pushcut run`` (deploy/run.py): what the run is doing, from
 the files, processes and messages it already has.
 
 In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened

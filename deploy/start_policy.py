@@ -1,5 +1,5 @@
 """Before RL: the start policy's held-out success, greedy and sampled, and the sampling
-temperature RL will use (part of ``pushcut run``, deploy/run_local.py).
+temperature RL will use (part of ``pushcut run``, deploy/run.py).
 
 GRPO learns only from groups that mix successes and failures; a policy that succeeds
 greedily but never when sampled at ``algo.temperature`` would leave the learner waiting at

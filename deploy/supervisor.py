@@ -14,7 +14,7 @@ before a restart is ``backoff_s``, doubled for every restart in the row up to
 dead child's process group (env workers, FSDP ranks) is killed, so two copies never run at
 once.
 
-The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run_local`), ``pushcut
+The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run`), ``pushcut
 soak``, the Ray launcher (:mod:`deploy.ray_launch`, one supervisor per role inside a Ray
 actor) and the chaos tests, which SIGKILL children at random. Nothing here imports Ray.
 

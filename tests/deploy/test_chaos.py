@@ -175,7 +175,7 @@ def checkpoint_versions(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_pushcut_run_survives_its_actors_store_and_learner_killed(tmp_path):
-    from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
+    from tests.deploy.test_run import saved_micro_policy, start_run, tiny_run_args
     policy_dir, run_dir = saved_micro_policy(tmp_path), tmp_path / "run"
     # tiny tabletop settings; a store that never evicts, so an acknowledged id not in the
     # store at the end is a loss (the probe env makes trajectories too fast for that)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.test_run_local import pushcut_run, tiny_run_args, updates
+from tests.deploy.test_run import pushcut_run, tiny_run_args, updates
 
 VERSIONS = 50
 

@@ -50,7 +50,7 @@ def test_a_cluster_s_servers_bind_and_actors_dial_the_deploy_ports():
     assert RoleCommand("store", ["a=1"]).argv()[3:] == ["store", "a=1"]
 
 
-def test_run_local_paths_keep_what_is_given(tmp_path):
+def test_run_paths_keep_what_is_given(tmp_path):
     cfg = load_config([f"run_dir={tmp_path}", "store.path=/elsewhere"])
     over, store = run_local_paths(cfg, [f"run_dir={tmp_path}", "++store.path=/elsewhere"])
     assert store == "/elsewhere"

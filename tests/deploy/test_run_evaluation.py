@@ -7,7 +7,7 @@ import json
 import signal
 
 from common.metrics import read_jsonl
-from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
+from tests.deploy.test_run import saved_micro_policy, start_run, tiny_run_args
 from tests.waiting import wait_until
 
 

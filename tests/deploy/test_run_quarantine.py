@@ -14,7 +14,7 @@ from common.metrics import read_jsonl
 from common.synthetic import make_trajectory
 from common.transport.trajectories import TrajectorySender
 from learner.store import TrajectoryStore
-from tests.deploy.test_run_local import saved_micro_policy, start_run, tiny_run_args
+from tests.deploy.test_run import saved_micro_policy, start_run, tiny_run_args
 from tests.waiting import wait_until
 
 

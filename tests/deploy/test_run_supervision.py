@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from deploy.run_status import StatusBoard, one_line, render
-from tests.deploy.test_run_local import run_command, saved_micro_policy, tiny_run_args
+from tests.deploy.test_run import run_command, saved_micro_policy, tiny_run_args
 
 # (overrides, the key the one-line error must name)
 BAD = [

@@ -54,53 +54,16 @@ from rich.live import Live
 from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import (
-    RoleCommand, config_overrides, local_addresses, merge, override,
+    RoleCommand, config_overrides, local_addresses, merge, override, run_step,
     role_commands, role_process, run_paths,
 )
 from deploy.start_policy import measure
+from deploy.warmstart import prepare_policy
 from deploy.run_status import StatusBoard, one_line, render, status_heartbeats
 from deploy.supervisor import ProcessSupervisor
 
 STATUS_EVERY_S = 1.0
 PLAIN_STATUS_EVERY_S = 10.0
-def run_step(name: str, role: str, overrides: list[str], log_dir: Path, console: Console,
-             signals: StopSignals) -> None:
-    """Run a preparation command to completion (output in its log); Ctrl-C stops it (a
-    second Ctrl-C hurries it)."""
-    child = role_process(name, RoleCommand(role, overrides), log_dir, max_restarts=0).start()
-    console.print(f"[bold]pushcut run[/]: {name} (pid {child.pid}, log {child.log_path})")
-    while child.alive:
-        if signals.stop.wait(0.5):
-            child.stop(timeout_s=30, hurry=signals.hurry)
-            raise RuntimeError(f"interrupted during `pushcut {role}`")
-    if child.returncode != 0:
-        raise RuntimeError(f"`pushcut {role}` failed (exit {child.returncode}); "
-                           f"see {child.log_path}:\n{child.tail()}")
-
-
-def prepare_policy(cfg: PushcutConfig, run_dir: Path, log_dir: Path, console: Console,
-                   signals: StopSignals) -> str:
-    """The checkpoint RL starts from: model.checkpoint, else <run_dir>/sft/final, made with
-    `pushcut demos` + `pushcut sft` when missing."""
-    if cfg.model.checkpoint:
-        if not (Path(cfg.model.checkpoint) / "config.json").exists():
-            raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint} is not a "
-                                    "save_pretrained directory (no config.json)")
-        return cfg.model.checkpoint
-    sft_final = run_dir / "sft" / "final"
-    if (sft_final / "config.json").exists():
-        return str(sft_final)
-    common = config_overrides(cfg)
-    demos = run_dir / "demos"
-    if not (demos / "index.jsonl").exists():
-        # the expert gets the tasks' own step limits: env.max_steps is meant for RL episodes
-        run_step("demos", "demos", [*common, override("demos.out", str(demos)),
-                                    override("env.max_steps", None)], log_dir, console, signals)
-    run_step("sft", "sft", [*common, override("sft.demos", str(demos)),
-                            override("sft.out", str(run_dir / "sft"))], log_dir, console, signals)
-    return str(sft_final)
-
-
 def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_dir: Path,
                       console: Console, signals: StopSignals) -> PushcutConfig:
     """The start policy's held-out success, greedy and sampled (deploy/start_policy.py);
