@@ -177,6 +177,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+MIN_UPDATES = 10   # per mode: below it a window's count is too coarse to compare
+
+
+def versions_ratio_range(a: dict, b: dict) -> list[float | None]:
+    """The async/sync versions/s ratio if each window's count were one update off (a window
+    cuts the update in progress): [low, high], high None when sync made at most one."""
+    (na, ta), (nb, tb) = ((m["versions"], m["window_s"]) for m in (a, b))
+    low = max(na - 1, 0) / ta / ((nb + 1) / tb)
+    return [low, (na + 1) / ta / ((nb - 1) / tb) if nb > 1 else None]
+
+
 def run(cfg: PushcutConfig) -> dict:
     """``pushcut bench pipeline``. -> the figures (printed too)."""
     console = Console()
@@ -196,7 +207,8 @@ def run(cfg: PushcutConfig) -> dict:
     figures = {
         "settings": settings(cfg, mode_s, stage_s), "stages": stages, **modes,
         "async_over_sync": {k: _ratio(modes["async"][k], modes["sync"][k])
-                            for k in ("versions_per_s", "trained_env_steps_per_s")}}
+                            for k in ("versions_per_s", "trained_env_steps_per_s")},
+        "versions_ratio_range": versions_ratio_range(modes["async"], modes["sync"])}
     print_figures(figures, console)
     return figures
 
@@ -225,7 +237,8 @@ def print_figures(f: dict, console: Console) -> None:
     for col in ("async", "sync", "async / sync"):
         table.add_column(col, justify="right")
     ratio = f["async_over_sync"]
-    rows = [("policy versions/s", "versions_per_s", ".3f"),
+    rows = [("policy versions in the window", "versions", "d"),
+            ("policy versions/s", "versions_per_s", ".3f"),
             ("trained env steps/s", "trained_env_steps_per_s", ".0f"),
             ("generated env steps/s", "generated_env_steps_per_s", ".0f"),
             ("learner busy (update time / wall)", "learner_busy", ".0%"),
@@ -236,6 +249,12 @@ def print_figures(f: dict, console: Console) -> None:
         table.add_row(label, _fmt(f["async"][key], spec), _fmt(f["sync"][key], spec),
                       _fmt(ratio.get(key)))
     console.print(table)
+    low, high = f["versions_ratio_range"]
+    few = min(f["async"]["versions"], f["sync"]["versions"]) < MIN_UPDATES
+    console.print(f"async / sync versions/s with each count one update off: {_fmt(low)} to "
+                  f"{_fmt(high)}" + (f"; fewer than {MIN_UPDATES} updates in a window: raise "
+                                     "bench.seconds for a ratio that means something"
+                                     if few else ""), soft_wrap=True)
     st = f["stages"]
     stages = Table(title="each stage alone (env steps/s)")
     stages.add_column("stage")

@@ -9,7 +9,7 @@ import pytest
 
 from common.config import load_config
 from deploy.bench import BENCHMARKS
-from deploy.bench_pipeline import learner_figures, run
+from deploy.bench_pipeline import learner_figures, run, versions_ratio_range
 
 MODE_KEYS = ("versions", "versions_per_s", "trained_env_steps_per_s",
              "generated_env_steps_per_s", "learner_busy", "actor_busy", "staleness_mean",
@@ -63,3 +63,12 @@ def test_bench_pipeline_runs_both_modes_against_the_stages():
         assert f["async_over_sync"][key] == pytest.approx(f["async"][key] / f["sync"][key])
         assert 0 < f["async_over_sync"][key] <= 100
     json.dumps(f)                                  # bench.out writes it as JSON
+
+
+def test_the_versions_ratio_is_given_with_each_count_one_update_off():
+    window = {"window_s": 60.0}
+    low, high = versions_ratio_range({**window, "versions": 20}, {**window, "versions": 10})
+    assert low == pytest.approx(19 / 11) and high == pytest.approx(21 / 9)
+    # 2 against 1 in a minute: "2.00" could be anything from 0.5 up
+    assert versions_ratio_range({**window, "versions": 2}, {**window, "versions": 1}) == [
+        pytest.approx(0.5), None]
