@@ -197,14 +197,21 @@ def summary(actor: Actor, sender: TrajectorySender, flushed: bool, started: floa
             "flushed": flushed, **sender.stats()}
 
 
+def holds_round(mode: str, client) -> bool:
+    """Must the next round wait for the learner? Always in mode=sync; in mode=async while it
+    says so (``paused``: its backlog of trainable groups is full, algo.max_backlog_batches)."""
+    return mode == "sync" or (client is not None and client.paused)
+
+
 def loop(cfg, actor: Actor, sender: TrajectorySender, acks: AckLog,
          stop: threading.Event) -> None:
     """Rounds until stopped or ``actor.max_groups`` are sent."""
     max_groups = cfg.actor.max_groups
     while not stop.is_set() and (max_groups is None or actor.stats.groups < max_groups):
-        if cfg.mode == "sync" and not actor.wait_for_learner(cfg.actor.sync_wait_s, stop.is_set):
+        if holds_round(cfg.mode, actor.weight_client) and not actor.wait_for_learner(
+                cfg.actor.sync_wait_s, stop.is_set):
             if not stop.is_set():
-                log.warning("mode=sync: no word from the learner in %.0fs; rolling out anyway",
+                log.warning("held by the learner, no word from it in %.0fs; rolling out anyway",
                             cfg.actor.sync_wait_s)
         left = None if max_groups is None else max_groups - actor.stats.groups
         actor.run_round(sender.send, max_groups=left, should_stop=stop.is_set)

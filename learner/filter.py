@@ -26,6 +26,8 @@ the groups of a batch are marked ``trained`` by the learner after its update
 longer decode, or that the learner cannot train on (it does not collate, or its update's
 loss is not finite: :meth:`DynamicSamplingFilter.quarantine`); it is never trained on nor
 retried, and counted as ``dropped_quarantined``. ``pure`` selection is :func:`select_groups`.
+``backlog``: the kept groups the last poll left waiting for a later batch (what the learner
+holds the actors on, ``algo.max_backlog_batches``).
 """
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ class DynamicSamplingFilter:
         self.kept = 0
         self.dropped: Counter[str] = Counter()
         self.rollouts: Counter[str] = Counter()
+        self.backlog = 0   # kept groups left waiting by the last poll
         self._counted: set[str] = set()
 
     def poll(self, policy_version: int, min_groups: int | None = None,
@@ -146,8 +149,11 @@ class DynamicSamplingFilter:
                 else:
                     groups.append(members)
         self._mark_dropped(dropped)
+        waiting = len(infos) - len(dropped)     # the kept, this poll's batch included
         if len(chosen) < min_groups:
+            self.backlog = waiting
             return None
+        self.backlog = waiting - len(chosen)
         self.kept += len(chosen)
         return Selection(groups=groups, infos=chosen, dropped=dropped)
 

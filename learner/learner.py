@@ -130,6 +130,7 @@ class Learner:
         self._env_steps = (time.monotonic(), self.env_step_counter.total)   # for the rate
         self.env_steps_trained = int(carried.get("env_steps_trained", 0))
         self.stop_reason: str | None = None
+        self.actors_held = False      # told to hold their next round (the backlog)
 
     def __enter__(self) -> "Learner":
         return self
@@ -208,6 +209,7 @@ class Learner:
         next_log = time.monotonic() + 10.0
         while not self.stop.is_set() and not self._done():
             selection = self.filter.poll(self.version)
+            self._hold_actors_on_backlog()
             if selection is not None:
                 return selection
             self.stop.wait(self.cfg.learner.poll_s)
@@ -221,6 +223,17 @@ class Learner:
                 self.metrics.log({"event": "wait", "policy_version": self.version,
                                   "queue_groups": queued, **counters}, step=self.version)
         return None
+
+    def _hold_actors_on_backlog(self) -> None:
+        """mode=async with ``algo.max_backlog_batches``: pause the publisher (actors hold their
+        next round) while the filter's backlog is that many batches or more, resume below."""
+        a = self.cfg.algo
+        if self.cfg.mode == "sync" or a.max_backlog_batches is None:
+            return
+        hold = self.filter.backlog >= a.max_backlog_batches * a.groups_per_batch
+        if hold != self.actors_held:
+            (self.publisher.pause if hold else self.publisher.resume)()
+            self.actors_held = hold
 
     def _update(self, selection: Selection) -> bool:
         """One version from ``selection`` -> True; False (no update) when some of its groups
@@ -274,6 +287,7 @@ class Learner:
             "task_ids": [info.task_id for info in selection.infos],
             "batch_env_steps": sum(t.length for g in selection.groups for t in g),
             "queue_groups": store["complete_groups"], "store_trajectories": store["trajectories"],
+            "backlog_groups": self.filter.backlog, "held_actors": self.actors_held,
             "wait_s": wait_s, "update_s": update_s, "publish_s": publish_s,
             "learner_steps_per_s": 1.0 / max(now - self._last_update_end, 1e-9),
             "env_steps_per_s": max(steps - steps_prev, 0) / max(now - t_prev, 1e-9),

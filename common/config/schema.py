@@ -105,6 +105,11 @@ class AlgoConfig:
     """see success_lo"""
     max_staleness: int = setting(4, at_least(0))
     """drop trajectories more than this many versions behind"""
+    max_backlog_batches: Optional[int] = setting(None, at_least(1, nullable=True))
+    """mode=async: the learner tells the actors to hold their next round while the store
+    holds at least this many batches of groups it would train on, so that they do not
+    generate groups that go stale before the learner reaches them and leave the cores to
+    the learner meanwhile (None: never hold)"""
 
     def joint_problems(self, prefix: str) -> list[str]:
         if self.success_lo <= self.success_hi:
@@ -196,7 +201,8 @@ class ActorConfig:
     flush_timeout_s: float = 10.0
     """at exit, wait this long for the store's acks"""
     sync_wait_s: float = 600.0
-    """mode=sync: longest wait for the learner between rounds"""
+    """longest wait for the learner between rounds, in mode=sync or while it holds the
+    actors on its backlog (algo.max_backlog_batches)"""
     ack_log: Optional[str] = None
     """append each acknowledged trajectory_id to this file"""
 

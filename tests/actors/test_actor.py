@@ -216,3 +216,18 @@ def test_the_actor_tells_an_adaptive_scheduler_each_groups_outcomes():
     assert expected
     for task, (s, n) in expected.items():
         assert actor.scheduler.success(task) == pytest.approx(s / n)
+
+
+def test_async_actors_hold_a_round_only_while_the_learner_says_so():
+    from actors.actor_process import holds_round
+    with WeightPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", chunk_mb=0.05,
+                         announce_every_s=0.1) as pub, \
+            WeightClient(pub.weights_address, pub.announce_address, min_version=0) as client:
+        pub.publish(1, micro_weights(1))
+        wait_for(lambda: client.announced_version == 1, what="the first announcement")
+        assert not holds_round("async", client) and holds_round("sync", client)
+        pub.pause()                                 # the learner's backlog is full
+        wait_for(lambda: holds_round("async", client), what="the hold announcement")
+        pub.resume()
+        wait_for(lambda: not holds_round("async", client), what="the release announcement")
+    assert not holds_round("async", None)

@@ -145,3 +145,31 @@ def test_a_poison_group_is_quarantined_and_versions_keep_advancing(tmp_path):
     final = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert final.policy_version == 2 and final.consumption_marks["poison"] == "quarantined"
     assert "group poison quarantined" in (tmp_path / "learner.log").read_text()
+
+
+def test_the_learner_holds_the_actors_while_its_backlog_is_full(tmp_path):
+    """algo.max_backlog_batches=1, 2 groups a batch, 7 trainable groups waiting: after each
+    of the first two updates 5 and 3 are left (>= 2: hold), after the third 1 (release)."""
+    fill_store(tmp_path / "store", 7)
+    args = learner_args(tmp_path, **{"learner.max_versions": 3, "learner.torch_threads": 1,
+                                     "algo.max_backlog_batches": 1})
+    proc = start_learner(args, tmp_path / "learner.log")
+    try:
+        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    rows = updates(tmp_path)
+    assert [r["backlog_groups"] for r in rows] == [5, 3, 1]
+    assert [r["held_actors"] for r in rows] == [True, True, False]
+
+
+def test_without_a_backlog_limit_the_learner_never_holds_the_actors(tmp_path):
+    fill_store(tmp_path / "store", 5)
+    args = learner_args(tmp_path, **{"learner.max_versions": 1, "learner.torch_threads": 1})
+    proc = start_learner(args, tmp_path / "learner.log")
+    try:
+        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    (row,) = updates(tmp_path)
+    assert row["backlog_groups"] == 3 and row["held_actors"] is False
