@@ -54,16 +54,18 @@ from rich.live import Live
 from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import (
-    RoleCommand, config_overrides, local_addresses, merge, override, run_step,
+    RoleCommand, config_overrides, local_addresses, merge, override,
     role_commands, role_process, run_paths,
 )
-from deploy.start_policy import measure
+from deploy.start_policy import evaluate_alone, measure
 from deploy.warmstart import prepare_policy
 from deploy.run_status import StatusBoard, one_line, render, status_heartbeats
 from deploy.supervisor import ProcessSupervisor
 
 STATUS_EVERY_S = 1.0
 PLAIN_STATUS_EVERY_S = 10.0
+
+
 def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_dir: Path,
                       console: Console, signals: StopSignals) -> PushcutConfig:
     """The start policy's held-out success, greedy and sampled (deploy/start_policy.py);
@@ -72,10 +74,8 @@ def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_di
         return cfg
 
     def evaluate(temperatures: list[float], out: Path) -> None:
-        run_step("eval_start", "eval", [
-            checkpoint, *config_overrides(cfg), override("eval.out", str(out)),
-            override("eval.temperatures", temperatures), override("eval.videos_per_task", 0),
-            override("eval.episodes_per_task", cfg.run.eval_episodes)], log_dir, console, signals)
+        evaluate_alone(cfg, checkpoint, out, temperatures, cfg.run.eval_episodes, log_dir,
+                       console, signals, "pushcut run")
 
     temperature, line = measure(cfg, run_dir / "eval_start", evaluate)
     console.print(f"[bold]pushcut run[/]: {line}")

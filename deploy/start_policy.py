@@ -18,15 +18,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from common.config.schema import PushcutConfig
+from deploy.roles import config_overrides, override, run_step
 
 LOWER_BY = 0.6
 
 
 class StartPolicyTooWeak(RuntimeError):
     """The start policy never succeeds: RL from it would wait for ever."""
+
+
+def evaluate_alone(cfg: PushcutConfig, checkpoint: str, out: Path, temperatures: list[float],
+                   episodes_per_task: int, log_dir: Path, console: Any, signals: Any,
+                   launcher: str) -> None:
+    """``pushcut eval`` of ``checkpoint`` into ``out`` as a preparation step that has the
+    machine to itself: its simulators run in subprocesses, so they spread over every core
+    while the policy infers."""
+    run_step("eval_start", "eval", [
+        checkpoint, *config_overrides(cfg), override("eval.out", str(out)),
+        override("eval.temperatures", temperatures), override("eval.videos_per_task", 0),
+        override("eval.episodes_per_task", episodes_per_task),
+        override("eval.subprocess_envs", True)], log_dir, console, signals, launcher)
 
 
 def rates(path: Path) -> dict[float, float]:

@@ -38,8 +38,8 @@ class SftConfig:
     """output directory: checkpoints, the final policy, the evaluation"""
     demos_per_task: Optional[int] = None
     """use at most this many demos of each task (None = all)"""
-    steps: int = setting(3000, at_least(1))
-    """optimiser steps"""
+    steps: int = setting(4000, at_least(1))
+    """optimiser steps (4000 from 50 demos per task: 39 % held-out, docs/results.md)"""
     batch_size: int = setting(64, at_least(1))
     """examples (one per demonstrated decision) per optimiser step"""
     lr: float = 3e-4
@@ -59,9 +59,11 @@ class SftConfig:
     """closing held-out evaluation (0 = skip)"""
     checkpoint_every: int = setting(500, at_least(1))
     """save a checkpoint every this many steps"""
-    threads: Optional[int] = 1
-    """torch CPU threads. 1: with other processes busy on a small machine, torch's OpenMP
-    threads wait on each other (measured 17x slower per step with 2 threads on 2 cores)"""
+    threads: Optional[int] = setting(None, at_least(1, nullable=True))
+    """torch CPU threads (None: one per core). SFT is compute-bound and, in ``pushcut run``
+    and ``pushcut experiment``, runs alone, so it takes every core; set 1 when other
+    processes keep the cores busy: torch's OpenMP threads then wait on each other (measured
+    17x slower per step with 2 threads on 2 busy cores)"""
 
 
 @dataclass
@@ -110,7 +112,7 @@ class BenchConfig:
 
 @dataclass
 class RunConfig:
-    """``pushcut run``: what it measures around RL (deploy/run_local.py)."""
+    """``pushcut run``: what it measures around RL (deploy/run.py)."""
     min_sampled_ratio: float = 0.5
     """sampled success must be at least this fraction of greedy success, else the
     sampling temperature is lowered (x0.6 per try)"""
@@ -120,3 +122,9 @@ class RunConfig:
     """held-out episodes per task: for the start policy, greedy and sampled, before RL; and
     for each policy snapshot while RL runs (a ``pushcut evaluator`` child, when
     learner.snapshot_every > 0). 0 = neither, and algo.temperature is kept as it is"""
+    warm_start: str = setting("shipped", one_of("shipped", "train"))
+    """where the start policy comes from when ``model.checkpoint`` is unset and
+    ``<run_dir>/sft/final`` is missing: shipped (the warm-start policy shipped for the
+    built-in suite, when it was made with this run's env, model, demos and SFT settings;
+    else as train) | train (``pushcut demos`` and ``pushcut sft`` in the run directory);
+    deploy/warmstart.py"""
