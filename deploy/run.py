@@ -104,7 +104,8 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
         commands["evaluator"] = RoleCommand("evaluator", [
             *config_overrides(cfg), override("run_dir", str(run_dir)),
             override("eval.episodes_per_task", cfg.run.eval_episodes),
-            override("eval.videos_per_task", 0)], tuple(cfg.placement.evaluator))
+            override("eval.videos_per_task", 0)], tuple(cfg.placement.evaluator),
+            cfg.placement.actors_nice)   # it too takes what the learner leaves
     for name, command in commands.items():
         if command.role == "actor" and cfg.actor.ack_log:
             command.overrides.append(override("actor.ack_log", f"{cfg.actor.ack_log}.{name}"))

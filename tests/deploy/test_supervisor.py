@@ -252,7 +252,8 @@ def test_nice_holds_for_the_childs_autogroup(tmp_path):
 def test_role_commands_carry_each_roles_cores():
     from common.config import load_config
     from deploy.roles import placement_text, role_commands
-    cfg = load_config(["num_actors=2", "placement.learner=[0]", "placement.actors=[1]"])
+    cfg = load_config(["num_actors=2", "placement.learner=[0]", "placement.actors=[1]",
+                       "placement.actors_nice=0"])
     commands = role_commands(cfg, [], {}, range(2))
     assert {n: c.cpus for n, c in commands.items()} == {
         "store": (), "learner": (0,), "actor-0": (1,), "actor-1": (1,)}
