@@ -10,11 +10,11 @@ Order of work in ``update`` (see learner/loss.py for the objective):
 
 1. split this rank's trajectories into micro-batches of at most ``algo.micro_batch_size``
    (the same count on every rank, so FSDP's collectives line up);
-2. proximal log-probs p: the weights as they are when the update starts, no grad. With
-   one epoch of one mini-batch the gradient pass itself runs on exactly those weights, so
-   p is taken as the detached log-probs of that pass instead of a second forward (the
-   values are the same; this saves a third of the compute). With more steps, p is
-   computed once up front;
+2. proximal log-probs p: the weights as they are when the update starts, no grad. The
+   first mini-batch's gradient pass of the first epoch runs on exactly those weights, so
+   its p is the detached log-probs of that pass instead of a second forward (the values
+   are the same; with one mini-batch of one epoch this saves a third of the compute). The
+   other mini-batches' p is computed up front, and later epochs reuse all of it;
 3. per micro-batch: forward with grad, loss, backward (gradients accumulate);
 4. grad-norm clip to ``algo.grad_clip``, one optimiser step per mini-batch (skipped, on
    every rank, when a micro-batch's loss or the grad norm is not finite): the batch's
@@ -117,20 +117,22 @@ class GRPO:
         weights = [token_weights(p.valid_mask, p.traj_index, total).to(self.device)
                    * float(real) for p, real in parts]
         self.policy.eval()
-        proximal = ([self._no_grad_log_probs(p, self.policy) for p, _ in parts]
-                    if cfg.epochs_per_batch > 1 or steps > 1 else None)
+        size = count // steps
+        # the first window's proximal log-probs come from its own first gradient pass
+        proximal = [None if i < size else self._no_grad_log_probs(p, self.policy)
+                    for i, (p, _) in enumerate(parts)]
         ref = ([self._no_grad_log_probs(p, self.reference) for p, _ in parts]
                if cfg.kl_coef != 0 else None)
-        size = count // steps
         grad_cosine = None
         for epoch in range(cfg.epochs_per_batch):
             sums: dict[str, torch.Tensor] = {}
             for m in range(steps):
                 window = slice(m * size, (m + 1) * size)
-                part_sums, grad_norm, cosine = self._step(
-                    parts[window], weights[window], proximal[window] if proximal else None,
+                part_sums, grad_norm, cosine, logps = self._step(
+                    parts[window], weights[window], proximal[window],
                     ref[window] if ref else None, scale=float(steps))
-                grad_cosine = cosine if epoch == m == 0 else grad_cosine
+                if epoch == m == 0:
+                    proximal[window], grad_cosine = logps, cosine
                 for k, v in part_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
         stats = self._reduce(sums, batch)
@@ -141,22 +143,27 @@ class GRPO:
         return stats
 
     def _step(self, parts: list[tuple[Batch, bool]], weights: list[torch.Tensor],
-              proximal: list[torch.Tensor] | None, ref: list[torch.Tensor] | None,
-              scale: float = 1.0) -> tuple[dict[str, torch.Tensor], float, float | None]:
+              proximal: list[torch.Tensor | None], ref: list[torch.Tensor] | None,
+              scale: float = 1.0
+              ) -> tuple[dict[str, torch.Tensor], float, float | None, list[torch.Tensor]]:
         """Forward/backward every micro-batch (loss times ``scale``: the batch's share of
-        this mini-batch), clip, one optimiser step -> (stat sums, grad norm before clipping,
-        gradient cosine between the two halves of the micro-batches)."""
+        this mini-batch; a micro-batch without proximal log-probs is scored against its own,
+        detached), clip, one optimiser step -> (stat sums, grad norm before clipping,
+        gradient cosine between the two halves of the micro-batches, each micro-batch's
+        detached log-probs before the step)."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
+        logps: list[torch.Tensor] = []
         half = len(parts) // 2 if len(parts) > 1 and _world_size() == 1 else 0
         first: list[torch.Tensor | None] | None = None
         bad_loss = torch.zeros((), device=self.device)   # micro-batches with a non-finite loss
         for i, ((part, _), w) in enumerate(zip(parts, weights)):
             self._set_gradient_sync(i == len(parts) - 1)
             logp, entropy = self._forward(part, self.policy, cfg.entropy_coef != 0)
+            logps.append(logp.detach())
             loss, stats = policy_loss(
-                logp, proximal[i] if proximal else logp.detach(),
+                logp, proximal[i] if proximal[i] is not None else logps[-1],
                 part.behaviour_log_probs.to(self.device), part.advantages.to(self.device), w,
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, is_cap=cfg.is_cap,
                 ref_log_probs=ref[i] if ref else None, kl_coef=cfg.kl_coef,
@@ -179,7 +186,7 @@ class GRPO:
             # a NaN/inf loss or gradient would poison the weights every actor then fetches
             log.warning("loss (%d micro-batches not finite) or grad norm %s is not finite; "
                         "skipping the optimiser step", int(bad_loss.item()), norm)
-        return sums, norm, cosine
+        return sums, norm, cosine, logps
 
     def _reduce(self, sums: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """Stat sums of this rank -> batch statistics over all ranks."""

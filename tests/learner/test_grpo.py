@@ -152,15 +152,17 @@ def test_kl_and_entropy_need_their_inputs():
     assert stats["entropy_exact"] == pytest.approx(stats["entropy"])
 
 
-def test_mini_batches_take_one_step_each_on_their_own_trajectories():
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_mini_batches_take_one_step_each_on_their_own_trajectories(epochs):
     """Two mini-batches = two SGD steps: the second from the weights after the first, its
     gradient from the second half's trajectories only (loss scaled by the mini-batch count),
-    each against the proximal log-probs of the start weights."""
+    each against the proximal log-probs of the start weights, in every epoch (the first
+    mini-batch's are taken from its own first pass)."""
     policy = micro_policy()
     groups = groups_of(policy, n=2)
     naive = copy.deepcopy(policy)
     lr = 0.05
-    cfg = algo(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr)
+    cfg = algo(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr, epochs_per_batch=epochs)
     grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=lr), cfg)
     stats = grpo.update(collate(groups))
     assert stats["mini_batches"] == 2 and stats["micro_batches"] == 2
@@ -169,7 +171,7 @@ def test_mini_batches_take_one_step_each_on_their_own_trajectories():
     naive.eval()
     with torch.no_grad():
         proximal = naive.log_probs(batch.obs(), batch.tokens, TEMPERATURE)
-    for half in (range(0, 4), range(4, 8)):
+    for half in [range(0, 4), range(4, 8)] * epochs:
         part = batch.select(list(half))
         rows = torch.isin(batch.traj_index, torch.tensor(list(half)))
         naive.zero_grad()
