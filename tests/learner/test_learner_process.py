@@ -58,6 +58,15 @@ def start_learner(args: list[str], log_path: Path) -> subprocess.Popen:
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def run_to_the_end(args: list[str], log_path: Path) -> None:
+    """``pushcut learner ARGS`` until it stops by itself, which it must do with exit 0."""
+    proc = start_learner(args, log_path)
+    try:
+        assert proc.wait(timeout=400) == 0, log_path.read_text()[-3000:]
+    finally:
+        proc.kill()
+
+
 def updates(run_dir: Path) -> list[dict]:
     return [r for r in read_jsonl(run_dir / "learner.jsonl") if r.get("event") == "update"]
 
@@ -128,11 +137,7 @@ def test_a_poison_group_is_quarantined_and_versions_keep_advancing(tmp_path):
                                       success=success, task_id="goal/0"))
     args = learner_args(tmp_path, **{"learner.max_versions": 2, "learner.torch_threads": 1,
                                      "store.accept_expert": "true"})
-    proc = start_learner(args, tmp_path / "learner.log")
-    try:
-        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
-    finally:
-        proc.kill()
+    run_to_the_end(args, tmp_path / "learner.log")
     rows = updates(tmp_path)
     assert [r["policy_version"] for r in rows] == [1, 2]
     trained = [g for r in rows for g in r["group_ids"]]
@@ -153,11 +158,7 @@ def test_the_learner_holds_the_actors_while_its_backlog_is_full(tmp_path):
     fill_store(tmp_path / "store", 7)
     args = learner_args(tmp_path, **{"learner.max_versions": 3, "learner.torch_threads": 1,
                                      "algo.max_backlog_batches": 1})
-    proc = start_learner(args, tmp_path / "learner.log")
-    try:
-        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
-    finally:
-        proc.kill()
+    run_to_the_end(args, tmp_path / "learner.log")
     rows = updates(tmp_path)
     assert [r["backlog_groups"] for r in rows] == [5, 3, 1]
     assert [r["held_actors"] for r in rows] == [True, True, False]
@@ -166,10 +167,6 @@ def test_the_learner_holds_the_actors_while_its_backlog_is_full(tmp_path):
 def test_without_a_backlog_limit_the_learner_never_holds_the_actors(tmp_path):
     fill_store(tmp_path / "store", 5)
     args = learner_args(tmp_path, **{"learner.max_versions": 1, "learner.torch_threads": 1})
-    proc = start_learner(args, tmp_path / "learner.log")
-    try:
-        assert proc.wait(timeout=400) == 0, (tmp_path / "learner.log").read_text()[-3000:]
-    finally:
-        proc.kill()
+    run_to_the_end(args, tmp_path / "learner.log")
     (row,) = updates(tmp_path)
     assert row["backlog_groups"] == 3 and row["held_actors"] is False
