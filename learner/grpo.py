@@ -21,9 +21,10 @@ Order of work in ``update`` (see learner/loss.py for the objective):
    micro-batches are cut into ``algo.mini_batches`` consecutive runs, each one step, for
    each of ``epochs_per_batch`` epochs, so that with several steps per batch the PPO clip
    bounds how far the policy moves from the proximal one;
-5. statistics: the last epoch's loss terms, the exact entropy, and ``grad_cosine``, the
+5. statistics: the last epoch's loss terms, the exact entropy, ``grad_cosine``, the
    cosine between the gradients of the two halves of the first step's micro-batches (one
-   rank only): the gradient's signal-to-noise, near 0 when trajectories disagree.
+   rank only): the gradient's signal-to-noise, near 0 when trajectories disagree, and the
+   seconds of the no-grad passes (``proximal_s``) and of the gradient steps (``steps_s``).
 
 The policy runs in eval mode (no dropout) here, as on the actors: the learner's log-probs
 must be those of the distribution the actors sampled from.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import torch
@@ -118,11 +120,13 @@ class GRPO:
                    * float(real) for p, real in parts]
         self.policy.eval()
         size = count // steps
+        t0 = time.perf_counter()
         # the first window's proximal log-probs come from its own first gradient pass
         proximal = [None if i < size else self._no_grad_log_probs(p, self.policy)
                     for i, (p, _) in enumerate(parts)]
         ref = ([self._no_grad_log_probs(p, self.reference) for p, _ in parts]
                if cfg.kl_coef != 0 else None)
+        t1 = time.perf_counter()
         grad_cosine = None
         for epoch in range(cfg.epochs_per_batch):
             sums: dict[str, torch.Tensor] = {}
@@ -135,9 +139,11 @@ class GRPO:
                     proximal[window], grad_cosine = logps, cosine
                 for k, v in part_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
+        t2 = time.perf_counter()
         stats = self._reduce(sums, batch)
         stats.update(grad_norm=grad_norm, micro_batches=count, epochs=cfg.epochs_per_batch,
-                     mini_batches=steps, grad_cosine=grad_cosine)
+                     mini_batches=steps, grad_cosine=grad_cosine,
+                     proximal_s=t1 - t0, steps_s=t2 - t1)
         self.policy_version += 1
         stats["policy_version"] = self.policy_version
         return stats
