@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from common.calibration import calibrate
 from common.config.schema import PushcutConfig
 from common.process import StopSignals
 from deploy.evaluator import eval_dir
@@ -138,7 +139,9 @@ class ExperimentRecord:
         self.path = path
         old = json.loads(path.read_text()) if path.exists() else {}
         self.data = {"name": name, "overrides": overrides, "started_at": old.get(
-            "started_at", time.time()), "stages": old.get("stages", {})}
+            "started_at", time.time()), "stages": old.get("stages", {}),
+            # every machine the experiment ran on, one entry per start (a resume may move)
+            "calibration": [*old.get("calibration", []), calibrate().to_dict()]}
 
     def stage(self, name: str, **fields) -> None:
         self.data["stages"][name] = {**self.data["stages"].get(name, {}), **fields}

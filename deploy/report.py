@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.calibration import Calibration
 from common.config.schema import PushcutConfig
 from deploy.results import time_to_target, write_results
 from learner.snapshots import list_snapshots, read_snapshot_info
@@ -75,6 +76,7 @@ class ExperimentResult:
     sft: Point | None
     curves: dict[str, Curve] = field(default_factory=dict)
     stage_wall_s: dict[str, float] = field(default_factory=dict)
+    calibration: list[dict] = field(default_factory=list)   # each start's machine
 
 
 # ---------------------------------------------------------------- reading
@@ -130,7 +132,8 @@ def load_experiment(path: str | Path) -> ExperimentResult:
     found = read_eval(path / "eval_sft")
     sft = Point(0, 0.0, 0, *found) if found is not None else None
     result = ExperimentResult(path, record.get("name", path.name), sft, stage_wall_s={
-        k: float(v["wall_s"]) for k, v in record.get("stages", {}).items() if "wall_s" in v})
+        k: float(v["wall_s"]) for k, v in record.get("stages", {}).items() if "wall_s" in v},
+        calibration=record.get("calibration", []))
     for mode, rl in _mode_dirs(path).items():
         result.curves[mode] = read_curve(rl, mode, sft)
     if sft is None and not any(c.points for c in result.curves.values()):
@@ -236,6 +239,10 @@ def experiment_markdown(result: ExperimentResult, wanted: float) -> str:
                           if not k.startswith("eval_") or k == "eval_sft")
         total = sum(result.stage_wall_s.values())
         parts += ["", f"Stage wall times: {walls}; all stages {total:.0f} s."]
+    if result.calibration:
+        machines = "; ".join(dict.fromkeys(Calibration(**c).line()
+                                           for c in result.calibration))
+        parts += ["", f"Machine: {machines}."]
     return "\n".join(parts) + "\n"
 
 

@@ -4,7 +4,8 @@ In: an :class:`~deploy.report.ExperimentResult` (the SFT evaluation and the eval
 snapshots of each RL mode) and the target success. Out: ``{"sft": {"average", "ci95",
 "families", "family_ci95"}, "rl_async": {... of the final snapshot, "paired": McNemar
 against SFT}, "rl_sync": {...}, "rl_wall_s": {mode: s}, "time_to_target_s": {mode: s or
-null}, "target": x}``; written by ``pushcut report`` (and so by ``pushcut experiment``).
+null}, "target": x, "calibration": [the machine of each start]}``; written by ``pushcut
+report`` (and so by ``pushcut experiment``).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def paired(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict | 
 
 
 def results_record(result: ExperimentResult, target: float) -> dict:
-    record: dict = {"name": result.name, "target": target,
+    record: dict = {"name": result.name, "target": target, "calibration": result.calibration,
                     "sft": point_summary(result.sft) if result.sft else None,
                     "rl_wall_s": {}, "time_to_target_s": {}}
     for mode, curve in result.curves.items():

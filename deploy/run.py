@@ -3,7 +3,8 @@ actors as separate OS processes — with a live status.
 
 In: the composed config. Out, under ``run_dir``: ``store/`` (LMDB), ``checkpoints/``,
 ``learner.jsonl`` + ``wandb/`` (the learner's metrics), ``run.jsonl`` (status snapshots),
-``logs/<process>.log`` (each child's output), ``eval_start/`` (the start policy's held-out
+``logs/<process>.log`` (each child's output), ``calibration.json`` (this machine's cores and
+one-thread GFLOPS, common/calibration.py), ``eval_start/`` (the start policy's held-out
 success, greedy and sampled: deploy/start_policy.py, which may lower ``algo.temperature`` so
 that sampled groups succeed at all), ``snapshots/`` and ``evals/`` (each snapshot's held-out
 success, from a ``pushcut evaluator`` child), and, when there is no policy to start from,
@@ -51,6 +52,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from common.calibration import calibrate
 from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import (
@@ -249,8 +251,10 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     except (RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]pushcut run: {exc}")
         return 1
+    machine = calibrate()   # before the children start, while the cores are quiet
+    (run_dir / "calibration.json").write_text(json.dumps(machine.to_dict()) + "\n")
     console.print(f"[bold]pushcut run[/]: {cfg.mode} mode, {cfg.num_actors} actor(s), policy "
-                  f"{checkpoint}, logs in {log_dir}")
+                  f"{checkpoint}, logs in {log_dir}; machine: {machine.line()}")
     board = StatusBoard(run_dir, run_dir / "store", cfg.mode, status_heartbeats(cfg))
     children: dict[str, ProcessSupervisor] = {}
     try:

@@ -57,7 +57,8 @@ def experiment(tmp_path) -> Path:
     write_rl(exp / "rl_sync", "sync", [(10, 500.0, 10_000, 0.5, 0.4),
                                        (20, 1000.0, 20_000, 0.8, 0.7),
                                        (30, 1500.0, 30_000, 0.9, 0.9)])     # 0.90 at 1500 s
-    (exp / "experiment.json").write_text(json.dumps({"name": "onedemo", "stages": {
+    (exp / "experiment.json").write_text(json.dumps({"name": "onedemo", "calibration": [
+        {"cores": 2, "gflops_1thread": 33.4, "cpu": "AMD EPYC"}], "stages": {
         "demos": {"status": "done", "wall_s": 12.0}, "sft": {"status": "done", "wall_s": 100.0},
         "rl_async": {"status": "done", "wall_s": 950.0}}}))
     return exp
@@ -93,6 +94,9 @@ def test_report_table_numbers_and_png(experiment, tmp_path):
     assert rows["env steps to 90%"] == ["40,000", "30,000", "1.33"]
     assert "Target 90% (target)" in text and "Incomplete" not in text
     assert "sft 100 s" in text
+    assert "Machine: 2 cores, 33 GFLOPS per thread (AMD EPYC)." in text
+    record = json.loads((experiment / "results.json").read_text())
+    assert record["calibration"] == [{"cores": 2, "gflops_1thread": 33.4, "cpu": "AMD EPYC"}]
 
 
 def test_target_falls_back_to_the_best_every_mode_reached(experiment, tmp_path):

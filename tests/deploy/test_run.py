@@ -159,6 +159,8 @@ def test_run_from_nothing_reaches_version_3_with_actors_on_new_versions(tmp_path
                                                 "sft.eval_episodes_per_task": 0,
                                                 "algo.max_staleness": 1}), timeout_s=600)
     assert (run_dir / "demos" / "index.jsonl").exists() and (run_dir / "sft" / "final").exists()
+    machine = json.loads((run_dir / "calibration.json").read_text())
+    assert machine["cores"] >= 1 and machine["gflops_1thread"] > 0 and "machine:" in out
     stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", out, re.M).group(1))
     assert stopped["policy_version"] == 3 and set(stopped["exits"].values()) == {0}
     assert [r["policy_version"] for r in updates(run_dir)] == [1, 2, 3]
