@@ -22,9 +22,13 @@ valid_mask                bool       [T, C·D]    token executed (steps after th
 (0 is allowed there).
 
 Value ranges (``bad_value`` otherwise): the ints the store keys and orders by fit a signed
-64-bit key (``policy_version`` in [-1, 2**63), ``init_state_id`` >= 0, ``group_size`` and
-``length`` >= 1); ``created_at`` in [0, 1e12] seconds; proprio, actions and timing values
-finite; behaviour log-probs finite and <= 0; at most 32 timings, keys of 1..64 characters.
+64-bit key (``policy_version`` in [-1, 2**63), ``init_state_id`` >= 0, ``length`` >= 1);
+``group_size`` in [1, 1024]; ``temperature`` in [0.01, 100] for sampled records (experts':
+any finite value >= 0); ``created_at`` from 0 to a day past the receiver's clock; proprio,
+actions and timing values finite; behaviour log-probs finite and <= 0; at most 32 timings,
+keys of 1..64 characters. Before any of that, the unpacker refuses maps of more than 32
+entries, lists of more than 8 and strings longer than the longest text field (``too_large``),
+so a record built to be expensive to decode costs little to reject.
 
 ``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and the
 valid tokens are exactly those of the first ``length`` steps (step-major: token ``c·D + d``
@@ -37,6 +41,7 @@ and never asks numpy to parse a string it did not write, so ``encode(decode(raw)
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -53,8 +58,14 @@ MAX_ID_LEN = 128
 MAX_TEXT_LEN = 4096
 INT64_MAX = (1 << 63) - 1    # the store packs policy_version etc. into signed 64-bit keys
 MAX_NUM_BINS = 1 << 15       # action_tokens are int16
-MAX_TIME_S = 1e12            # created_at in seconds (the store keys it in microseconds)
 MAX_TIMINGS, MAX_TIMING_KEY = 32, 64
+MAX_GROUP_SIZE = 1024        # a group that size never completes on any actor pool here
+# sampled records: logits / T is finite and sampling is not argmax-in-disguise or uniform
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 1e2
+MAX_CLOCK_AHEAD_S = 86_400   # created_at from the future would sort first for ever
+# what the unpacker may allocate before any rule is checked: a record's maps are its fields,
+# an array's {dtype, shape, data} and the timings; its lists are array shapes
+MAX_MAP_LEN, MAX_LIST_LEN = 32, 8
 
 ARRAY_DTYPES: dict[str, np.dtype] = {
     "images": np.dtype(np.uint8),
@@ -190,22 +201,27 @@ def _check_scalars(msg: dict[str, Any]) -> None:
 
 # int field -> (lowest, highest) accepted: what the store's keys and the token dtype hold
 INT_RANGES = {"policy_version": (EXPERT_VERSION, INT64_MAX), "init_state_id": (0, INT64_MAX),
-              "group_size": (1, INT64_MAX), "length": (1, INT64_MAX),
+              "group_size": (1, MAX_GROUP_SIZE), "length": (1, INT64_MAX),
               "num_bins": (0, MAX_NUM_BINS)}
 
 
 def _check_ranges(msg: dict[str, Any]) -> None:
     """Scalars of the right types -> WireError ``bad_value`` unless every int is inside
-    :data:`INT_RANGES`, temperature finite and >= 0, created_at in [0, MAX_TIME_S], and
-    timings at most MAX_TIMINGS keys of at most MAX_TIMING_KEY characters, values finite."""
+    :data:`INT_RANGES`, the temperature in range (see the module docstring), created_at
+    between 0 and MAX_CLOCK_AHEAD_S past now, and timings at most MAX_TIMINGS keys of at
+    most MAX_TIMING_KEY characters, values finite."""
     for name, (lo, hi) in INT_RANGES.items():
         if not lo <= msg[name] <= hi:
             raise WireError("bad_value", f"{name} {msg[name]} not in [{lo}, {hi}]")
-    if not (msg["temperature"] >= 0.0 and math.isfinite(msg["temperature"])):
-        raise WireError("bad_value", f"temperature {msg['temperature']} is not finite and >= 0")
-    if not 0.0 <= msg["created_at"] <= MAX_TIME_S:    # NaN fails this too
+    t = float(msg["temperature"])    # a msgpack int has at most 64 bits: this never overflows
+    lo, hi = ((0.0, math.inf) if msg["policy_version"] == EXPERT_VERSION
+              else (MIN_TEMPERATURE, MAX_TEMPERATURE))
+    if not (lo <= t <= hi and math.isfinite(t)):    # NaN fails this too
+        raise WireError("bad_value", f"temperature {msg['temperature']} not in [{lo:g}, {hi:g}]")
+    latest = time.time() + MAX_CLOCK_AHEAD_S
+    if not 0.0 <= msg["created_at"] <= latest:
         raise WireError("bad_value", f"created_at {msg['created_at']} is not finite and in "
-                                     f"[0, {MAX_TIME_S:g}] seconds")
+                                     f"[0, {latest:.0f}] seconds (now + a day)")
     timings = msg["timings"]
     if len(timings) > MAX_TIMINGS or any(len(k) > MAX_TIMING_KEY for k in timings):
         raise WireError("bad_value", f"timings: {len(timings)} keys (at most {MAX_TIMINGS}, "
@@ -269,7 +285,13 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
     if size > max_bytes:
         raise WireError("too_large", f"{size} bytes > limit {max_bytes}")
     try:
-        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
+                              max_map_len=MAX_MAP_LEN, max_array_len=MAX_LIST_LEN,
+                              max_str_len=MAX_TEXT_LEN, max_bin_len=max_bytes, max_ext_len=0)
+    except ValueError as exc:   # a length past the limits above, read from its header
+        if "exceeds max" not in str(exc):
+            raise WireError("not_msgpack", f"ValueError: {exc}"[:200]) from None
+        raise WireError("too_large", str(exc)[:200]) from None
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise WireError("not_msgpack", f"{type(exc).__name__}: {exc}"[:200]) from None
     if not isinstance(msg, dict):

@@ -2,6 +2,7 @@
 marks, eviction order, map growth, and readers/writers in other processes."""
 from __future__ import annotations
 
+import time
 import multiprocessing as mp
 
 import numpy as np
@@ -280,7 +281,7 @@ def test_a_record_that_breaks_the_transaction_is_rejected_and_the_rest_stored(pa
 
 
 def test_the_largest_values_decode_accepts_fit_the_store_keys(path):
-    t = traj("g", 0, version=2 ** 63 - 1, created_at=1e12)
+    t = traj("g", 0, version=2 ** 63 - 1, created_at=time.time() + 86_000)
     with TrajectoryStore(path) as store:
         assert store.commit([(t, encode(t))]) == ["stored"]
         assert store.group_info("g").policy_versions == [2 ** 63 - 1]

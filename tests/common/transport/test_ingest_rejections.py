@@ -121,7 +121,7 @@ def test_every_rejection_class_leaves_the_valid_records_of_its_batch_acknowledge
          [REJECT, b"bad_value"]),
         ("bins", mutated(record("bins", "x"), num_bins=1), [REJECT, b"bad_value"]),
         ("timings", mutated(record("timings", "x"), timings={f"k{i}": 0.0 for i in range(40)}),
-         [REJECT, b"bad_value"]),
+         [REJECT, b"too_large"]),
         ("expert", encode(record("expert", "e", 1, policy_version=-1)),
          [REJECT, b"expert_record"]),
         ("mix-0", encode(record("mix-0", "mix")), [ACK, b"stored"]),
@@ -154,7 +154,8 @@ def test_every_rejection_class_leaves_the_valid_records_of_its_batch_acknowledge
     kept = ["ok-0", "ok-1", "mix-0", "w1", "w2", "hold"]
     assert {t for t in {*kept, *store_level} if t in store} == set(kept)
     assert store.get_raw("w2") == encode(w2)         # the conflicting payload changed nothing
-    assert server.rejected["bad_value"] == 7 and server.counters["stored"] == 6
+    assert server.rejected["bad_value"] == 6 and server.rejected["too_large"] == 1
+    assert server.counters["stored"] == 6
     store.close()
 
 
@@ -177,7 +178,7 @@ def test_a_demo_store_takes_expert_groups_but_not_mixed_kinds(tmp_path):
 
 def test_a_burst_of_oversized_timings_maps_is_refused_and_memory_stays_bounded(tmp_path):
     """200 records whose timings map has 100,000 keys (about 1.8 MB of msgpack each) are
-    all refused as bad_value; the store keeps none of them and this process (the ingest
+    all refused as too_large; the store keeps none of them and this process (the ingest
     server and the store) grows by far less than the burst's 360 MB."""
     import psutil
     store = TrajectoryStore(str(tmp_path / "store"))
@@ -192,7 +193,7 @@ def test_a_burst_of_oversized_timings_maps_is_refused_and_memory_stays_bounded(t
             tids = [f"burst-{i}" for i in range(start, start + 20)]
             dealer.send([(tid, payload) for tid in tids])
             replies = dealer.wait(tids, 60)
-            assert all(r[:2] == [REJECT, b"bad_value"] for r in replies.values())
+            assert all(r[:2] == [REJECT, b"too_large"] for r in replies.values())
         grown = rss().rss - before
         dealer.close()
     assert len(payload) > 1_000_000 and grown < 100 * 2 ** 20, grown

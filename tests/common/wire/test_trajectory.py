@@ -1,6 +1,7 @@
 """The wire contract: byte-exact round trip, every malformed case rejected with its reason,
 and random input (hypothesis) never raising anything but WireError."""
 import math
+import time
 
 import msgpack
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.synthetic import make_trajectory
+from common.wire.codec import pack_array
 from common.wire.trajectory import (FIELDS, WIRE_DTYPES, Trajectory, WireError,
                                decode, encode)
 
@@ -177,7 +179,9 @@ MALFORMED = {
                     "bad_value", "proprio"),
     "nan action": (_array("actions", data=lambda d: d[:-4] + np.float32(np.nan).tobytes()),
                    "bad_value", "actions"),
-    "33 timings": (_set(["timings"], {f"t{i}": 0.0 for i in range(33)}), "bad_value", "timings"),
+    # refused by the unpacker from the map's header, before its entries are read
+    "33 timings": (_set(["timings"], {f"t{i}": 0.0 for i in range(33)}), "too_large",
+                   "max_map_len"),
     "long timing key": (_set(["timings"], {"k" * 65: 0.0}), "bad_value", "timings"),
     "inf timing": (_set(["timings"], {"env_s": math.inf}), "bad_value", "timings"),
 }
@@ -195,8 +199,9 @@ def test_the_largest_values_in_range_are_accepted():
     """The range checks reject only what is outside: the bounds themselves decode (and the
     store can key them: tests/learner/test_store.py)."""
     msg = small_msg()
-    msg.update(policy_version=2 ** 63 - 1, init_state_id=2 ** 63 - 1, created_at=1e12,
-               num_bins=2 ** 15, timings={"k" * 64: -1.0, **{f"t{i}": 0.0 for i in range(31)}})
+    msg.update(policy_version=2 ** 63 - 1, init_state_id=2 ** 63 - 1, group_size=1024,
+               created_at=time.time() + 86_000, temperature=100, num_bins=2 ** 15,
+               timings={"k" * 64: -1.0, **{f"t{i}": 0.0 for i in range(31)}})
     traj = decode(msgpack.packb(msg, use_bin_type=True))
     assert traj.num_bins == 2 ** 15 and traj.policy_version == 2 ** 63 - 1
     tokens = np.asarray(traj.action_tokens)
@@ -279,3 +284,29 @@ def test_valid_message_with_a_random_array_part_raises_only_wire_errors(name, pa
     msg = msgpack.unpackb(msgpack.packb(BASE))
     msg[name][part] = value
     only_wire_errors(msgpack.packb(msg, use_bin_type=True))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 0.0), ("temperature", 5e-324), ("temperature", 1e308),
+    ("temperature", 2 ** 64 - 1), ("group_size", 2 ** 63 - 1), ("created_at", 1e12)])
+def test_values_legal_as_numbers_that_would_poison_a_run_are_rejected(field, value):
+    err = reason_of({**small_msg(), field: value})
+    assert err.reason == "bad_value" and field in err.detail, err
+
+
+def test_an_expert_record_may_carry_temperature_0():
+    msg = small_msg()
+    msg.update(policy_version=-1, temperature=0.0, action_tokens=pack_array(
+        np.zeros((msg["images"]["shape"][0], 0), np.int16), "<i2"),
+        behaviour_log_probs=pack_array(np.zeros((msg["images"]["shape"][0], 0), np.float32),
+                                       "<f4"))
+    assert decode(msgpack.packb(msg, use_bin_type=True)).temperature == 0.0
+
+
+def test_a_map_of_a_million_keys_is_refused_from_its_header():
+    """An expensive record is refused by the unpacker on its map's header, before the
+    million entries are read."""
+    msg = {**small_msg(), "timings": {f"k{i}": 0.0 for i in range(1_000_000)}}
+    with pytest.raises(WireError) as err:
+        decode(msgpack.packb(msg, use_bin_type=True))
+    assert err.value.reason == "too_large" and "1000000 exceeds max_map_len" in err.value.detail
