@@ -11,7 +11,8 @@ paths and its servers' fixed, distinct ports; the env against the simulators of 
 (``env.name`` and the settings of its ``env`` option, ``suite``, ``layout`` and ``tasks``,
 the keys of ``actor.task_weights``); the model (``model.checkpoint`` a ``save_pretrained``
 directory, else a registered ``model.name`` and one of its presets); a writable
-``run_dir``; and the machine (``placement.*`` cores that exist here, SCHED_FIFO allowed).
+``run_dir`` and ``store.path``; a store that holds at least one batch; and the machine
+(``placement.*`` cores that exist here, SCHED_FIFO allowed, the servers' ports free).
 
 ``pushcut run`` (and ``soak``, which starts the same roles) keeps its store and checkpoints
 under ``run_dir``: a ``store.path`` or ``learner.checkpoint_dir`` other than the default (or
@@ -20,7 +21,10 @@ and the model's config module (a few seconds), so it runs only when every cheap 
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -56,18 +60,62 @@ def check_servers(cfg: PushcutConfig) -> list[str]:
     return found
 
 
-def check_run_dir(cfg: PushcutConfig) -> list[str]:
-    """``run_dir`` is a directory we may write, or can be made in one (nothing is made)."""
-    path = Path(cfg.run_dir).expanduser().absolute()
+def writable_dir_problem(key: str, value: str) -> list[str]:
+    """``value`` is a directory we may write, or can be made in one (nothing is made)."""
+    path = Path(value).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        return [f"run_dir={cfg.run_dir!r}: must be a directory (it is a file)"]
+        return [f"{key}={value!r}: must be a directory (it is a file)"]
     existing = next(p for p in (path, *path.parents) if p.exists())
     try:    # an unnamed file, gone when closed: the real test, also for root
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        return [f"run_dir={cfg.run_dir!r}: must be writable ({existing}: {exc.strerror})"]
+        return [f"{key}={value!r}: must be writable ({existing}: {exc.strerror})"]
     return []
+
+
+def check_run_dir(cfg: PushcutConfig) -> list[str]:
+    return writable_dir_problem("run_dir", cfg.run_dir)
+
+
+def check_store_path(cfg: PushcutConfig) -> list[str]:
+    return writable_dir_problem("store.path", cfg.store.path)
+
+
+def check_capacity(cfg: PushcutConfig) -> list[str]:
+    """The store holds at least one batch, else the learner never gets one."""
+    batch = cfg.algo.groups_per_batch * cfg.algo.group_size
+    if cfg.store.capacity >= batch:
+        return []
+    return [f"store.capacity={cfg.store.capacity}: must hold at least one batch "
+            f"(algo.groups_per_batch x algo.group_size = {batch} trajectories)"]
+
+
+def _port_taken(address: str) -> bool:
+    """Would binding this tcp address fail because something holds its port?"""
+    m = re.match(r"^tcp://(?P<host>[^:/\[\]]+):(?P<port>\d+)$", address)
+    if m is None:      # ipc://, a free port (*), an IPv6 literal: nothing to test
+        return False
+    host = "" if m["host"] in ("*", "0.0.0.0") else m["host"]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds
+        try:
+            probe.bind((host, int(m["port"])))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def ports_free(*names: str) -> Callable[[PushcutConfig], list[str]]:
+    """A check that the ports of these endpoints (all when none is named) are free here."""
+    def check(cfg: PushcutConfig) -> list[str]:
+        keys = [e.server for e in ENDPOINTS if not names or e.name in names]
+        if names and "store" not in names and cfg.learner.host_store:
+            keys.append(next(e.server for e in ENDPOINTS if e.name == "store"))
+        return [f"{key}={get(cfg, key)!r}: its port is in use on this machine (another run "
+                "still going? stop it or choose another port)"
+                for key in keys if _port_taken(str(get(cfg, key)))]
+    return check
 
 
 def check_run(cfg: PushcutConfig) -> list[str]:
@@ -159,12 +207,15 @@ def check_placement(cfg: PushcutConfig) -> list[str]:
 
 # command -> cheap checks; the model check follows when they pass (MODEL_CHECKED)
 CHECKS: dict[str, list[Callable[[PushcutConfig], list[str]]]] = {
+    "store": [check_store_path, ports_free("store")],
     "actor": [check_env],
-    "learner": [check_run_dir],
-    "run": [check_env, check_run, check_run_dir, check_placement],
-    "experiment": [check_env, check_run, check_run_dir],
-    "soak": [check_env, check_servers, check_run_dir, check_placement],
-    "deploy": [check_env, check_run_dir],
+    "learner": [check_run_dir, check_store_path, check_capacity,
+                ports_free("weights", "announce", "heartbeat")],
+    "run": [check_env, check_run, check_run_dir, check_capacity, check_placement, ports_free()],
+    "experiment": [check_env, check_run, check_run_dir, check_capacity],
+    "soak": [check_env, check_servers, check_run_dir, check_capacity, check_placement,
+             ports_free()],
+    "deploy": [check_env, check_run_dir, check_capacity],
     "demos": [check_env],
     "eval": [check_env],
     "evaluator": [check_env, check_run_dir],

@@ -53,6 +53,7 @@ BAD = [
     (["learner.checkpoint_dir={tmp}/elsewhere"], "learner.checkpoint_dir"),
     (["run_dir={tmp}/a-file"], "run_dir"),
     (["model.checkpoint={tmp}/no-policy"], "model.checkpoint"),
+    (["store.capacity=1"], "store.capacity"),        # never a whole batch: the learner waits
 ]
 # a few seconds: the model check imports torch and the model's config (2-3 s on an idle
 # machine); the margin is for a machine whose cores are busy with other work
@@ -90,6 +91,29 @@ def test_a_bad_setting_is_one_line_and_exit_2_with_nothing_started(tmp_path, bad
     assert _mentioning(str(run_dir)) == [], "a child process was started"
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = [*tiny_run_args(tmp_path / "run"), f"store.ingest_address=tcp://127.0.0.1:{port}"]
+        done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("pushcut run: store.ingest_address=") and "in use" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_store_path_it_cannot_write_is_one_line_and_exit_2(tmp_path):
+    command = run_command([])     # `pushcut run`: the same interpreter, made `pushcut store`
+    command["args"] = [*command["args"][:-1], "store", "store.path=/proc/pushcut-store",
+                       "store.ingest_address=tcp://127.0.0.1:*"]
+    done = subprocess.run(**command, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("pushcut store: store.path=") and "writable" in lines[0]
+
+
 def test_the_status_counts_restarts(tmp_path):
     board = StatusBoard(tmp_path, tmp_path / "store", "async")
     figures = board.figures({"store": "running", "learner": "restarting", "actor-0": True},
@@ -108,20 +132,17 @@ def test_the_status_counts_restarts(tmp_path):
 
 @pytest.mark.slow
 def test_a_child_out_of_restarts_fails_the_run_naming_it_its_exit_and_its_log(tmp_path):
-    """The store's port is taken: the store dies at every start; after its restarts the
-    run stops everything and exits 1, naming the store, its exit status and its last lines."""
+    """The store's CURVE key file is missing: the store dies at every start; after its
+    restarts the run stops everything and exits 1, naming the store, its exit status and its
+    last lines."""
     run_dir = tmp_path / "run"
     args = tiny_run_args(run_dir, **{"model.checkpoint": saved_micro_policy(tmp_path),
                                      "num_actors": 1,
                                      "actor.flush_timeout_s": 2,
-                                     "learner.max_versions": "null"})
-    port = int(re.search(r":(\d+)'?$", next(a for a in args if a.startswith(
-        "store.ingest_address="))).group(1))
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        t0 = time.monotonic()
-        done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=600)
+                                     "learner.max_versions": "null",
+                                     "store.curve_secret_key": tmp_path / "missing.key"})
+    t0 = time.monotonic()
+    done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-4000:]
     stopped = json.loads(re.search(r"^run stopped: (\{.*\})$", done.stdout, re.M).group(1))
@@ -129,7 +150,7 @@ def test_a_child_out_of_restarts_fails_the_run_naming_it_its_exit_and_its_log(tm
     assert stopped["restarts"]["store"] == 5 and stopped["exits"]["learner"] == 0
     assert "pushcut run: store failed: exit 1, no restart left after 5 restart(s)" in out
     assert f"last 20 line(s) of {run_dir / 'logs' / 'store.log'}" in out
-    assert re.search(r"^  store\| .*Address already in use", out, re.M), out[-4000:]
+    assert re.search(r"^  store\| .*missing.key' does not exist", out, re.M), out[-4000:]
     assert out.count("store exited with 1;") == 6, out[-4000:]
     assert time.monotonic() - t0 < 300
     status = [json.loads(line) for line in (run_dir / "run.jsonl").read_text().splitlines()]
