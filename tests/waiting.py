@@ -2,6 +2,7 @@
 deadline-bounded poll of a condition (never a bare sleep) and free local ports."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -32,6 +33,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def server_addresses() -> dict[str, str]:
+    """A local run's server address fields, each on its own port free now (the sockets are
+    held until all are bound: a port picked after another was closed can be the same)."""
+    from common.config.endpoints import ENDPOINTS
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in ENDPOINTS]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {e.server: f"tcp://127.0.0.1:{s.getsockname()[1]}"
+                for e, s in zip(ENDPOINTS, socks)}
 
 
 def free_tcp_address() -> str:

@@ -17,7 +17,7 @@ from common.config import load_config
 from common.metrics import read_jsonl
 from deploy.experiment import check_config, main, select_experiment, stages
 from learner.snapshots import list_snapshots, read_snapshot_info
-from learner.trainer import free_port
+from tests.waiting import server_addresses
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_STAGES = ["demos", "sft", "eval_sft", "rl_async", "eval_async_v000002", "rl_sync",
@@ -25,10 +25,7 @@ ALL_STAGES = ["demos", "sft", "eval_sft", "rl_async", "eval_async_v000002", "rl_
 
 
 def tiny_args(run_dir: Path) -> list[str]:
-    return [f"run_dir={run_dir}", f"store.ingest_address=tcp://127.0.0.1:{free_port()}",
-            f"learner.weights_address=tcp://127.0.0.1:{free_port()}",
-            f"learner.announce_address=tcp://127.0.0.1:{free_port()}",
-            f"learner.heartbeat_address=tcp://127.0.0.1:{free_port()}"]
+    return [f"run_dir={run_dir}", *(f"{k}={v}" for k, v in server_addresses().items())]
 
 
 def pushcut_experiment(args: list[str], timeout_s: float) -> str:

@@ -2,12 +2,10 @@
 SFT first when there is no policy), in async and in sync mode."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +21,7 @@ from common.wire.heartbeat import encode_heartbeat
 from deploy.roles import config_overrides
 from deploy.run_status import LearnerLog, StatusBoard, one_line, render
 from learner.store import TrajectoryStore
-from learner.trainer import free_port
-from tests.waiting import wait_until
+from tests.waiting import server_addresses, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,16 +90,6 @@ def test_status_board_reads_the_learner_log_as_it_grows(tmp_path):
     board.close()
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """``count`` ports free now, all different (each socket is held until all are bound: one
-    picked after another was closed could be the same port)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 def tiny_run_args(run_dir: Path, **extra) -> list[str]:
     over = {"run_dir": run_dir, "model.preset": "micro", "env.tasks": "[spatial/0]",
             "env.max_steps": 24, "num_actors": 2, "actor.num_envs": 4, "actor.log_every_s": 1,
@@ -113,9 +100,7 @@ def tiny_run_args(run_dir: Path, **extra) -> list[str]:
             "learner.max_versions": 3, "learner.checkpoint_every": 2, "wandb": "false",
             # held-out measurements have a test of their own (test_run_evaluation.py)
             "run.eval_episodes": 0,
-            **{key: f"tcp://127.0.0.1:{port}" for key, port in zip(
-                ("store.ingest_address", "learner.weights_address", "learner.announce_address",
-                 "learner.heartbeat_address"), distinct_free_ports(4))}, **extra}
+            **server_addresses(), **extra}
     return [f"{k}={v}" for k, v in over.items()]
 
 

@@ -348,7 +348,7 @@ def test_pushcut_run_trains_openvla_oft_tiny_end_to_end(tmp_path):
     from pathlib import Path
 
     from common.models import load_policy
-    from learner.trainer import free_port
+    from tests.waiting import server_addresses
 
     run_dir = tmp_path / "run"
     args = {"run_dir": run_dir, "model": "openvla_oft", "env.tasks": "[spatial/0]",
@@ -358,9 +358,7 @@ def test_pushcut_run_trains_openvla_oft_tiny_end_to_end(tmp_path):
             "learner.checkpoint_every": 2, "wandb": "false", "demos.per_task": 1,
             "sft.steps": 2, "sft.batch_size": 8, "sft.eval_episodes_per_task": 0,
             "run.eval_episodes": 0,
-            **{key: f"tcp://127.0.0.1:{free_port()}" for key in (
-                "store.ingest_address", "learner.weights_address", "learner.announce_address",
-                "learner.heartbeat_address")}}
+            **server_addresses()}
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "run",
