@@ -1,16 +1,18 @@
 """Realistic synthetic trajectory records, for the ingest benchmark and tests.
 
 Images are smooth gradients plus noise (compressible like camera frames, not constant),
-the rest random within each field's contract.
+the rest random within each field's contract. :func:`oversized_timings_record` is the
+opposite: the wire bytes of a record built to be expensive to decode.
 """
 from __future__ import annotations
 
 import math
 import uuid
 
+import msgpack
 import numpy as np
 
-from common.wire.trajectory import Trajectory
+from common.wire.trajectory import Trajectory, encode
 
 
 def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, group_size: int = 8,
@@ -45,3 +47,22 @@ def make_trajectory(rng: np.random.Generator, *, group_id: str | None = None, gr
         valid_mask=np.repeat(valid, action_dim, axis=1),
         created_at=1.7e9, timings={"env_s": 1.0, "inference_s": 0.5, "wait_s": 0.0},
     )
+
+
+def oversized_timings_record(trajectory_id: str, keys: int = 1_000_000) -> bytes:
+    """The wire bytes of a small valid record whose ``timings`` map holds ``keys`` entries
+    (``"000000"``: 0.0 as float32, 12 bytes each: 12 MB for a million), an actor bug or an
+    attack that a receiver must refuse cheaply. Built as bytes, not as a dict, since a
+    million-key dict takes seconds to build and pack."""
+    msg = msgpack.unpackb(encode(make_trajectory(np.random.default_rng(0), image_size=8,
+                                                 length=16, trajectory_id=trajectory_id)))
+    msg["timings"] = {}
+    raw = msgpack.packb(msg, use_bin_type=True)
+    empty = msgpack.packb("timings") + msgpack.packb({})
+    digits = np.arange(keys)[:, None] // 10 ** np.arange(5, -1, -1) % 10 + ord("0")
+    entries = np.zeros((keys, 12), np.uint8)
+    entries[:, 0] = 0xa6                    # fixstr of 6 bytes: the key
+    entries[:, 1:7] = digits
+    entries[:, 7] = 0xca                    # float32; its 4 bytes stay 0 (0.0)
+    header = msgpack.packb("timings") + b"\xdf" + keys.to_bytes(4, "big")   # map32
+    return raw.replace(empty, header + entries.tobytes(), 1)

@@ -14,6 +14,8 @@ from common.config import PushcutConfig
 
 BENCHMARKS = {
     "ingest": ("learner.bench.ingest:run", "trajectory ingest vs raw durable LMDB writes"),
+    "ingest-bad": ("learner.bench.ingest_bad:run",
+                   "valid stream's ack latency alone vs beside a sender of 12 MB bad records"),
     "env": ("actors.bench.env:run", "tabletop env steps/s, rendered and not, 1 and 2 processes"),
     "actor": ("actors.bench.actor:run",
               "full actor env steps/s vs the slower of bare env stepping and bare inference"),
@@ -27,7 +29,7 @@ BENCHMARKS = {
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
     if len(args) != 1 or args[0] not in BENCHMARKS:
-        names = "\n".join(f"  {k:<8} {v[1]}" for k, v in BENCHMARKS.items())
+        names = "\n".join(f"  {k:<10} {v[1]}" for k, v in BENCHMARKS.items())
         print(f"usage: pushcut bench <name> [key=value ...]\n\nbenchmarks:\n{names}",
               file=sys.stderr)
         return 2

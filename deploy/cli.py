@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "warmstart": ("deploy.warmstart:main", "remake the shipped warm-start policy: demos, SFT, eval"),
     "eval": ("actors.evaluate:main", "held-out success per task and family, videos, JSON"),
     "evaluator": ("deploy.evaluator:main", "held-out success of a run's snapshots as they appear"),
-    "bench": ("deploy.bench:main", "throughput benchmarks: ingest | env | actor | learner | policy | libero"),
+    "bench": ("deploy.bench:main", "throughput benchmarks: ingest | ingest-bad | env | actor | learner | policy | libero | pipeline"),
     "experiment": ("deploy.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
     "compare": ("deploy.results:compare_main", "two evaluations side by side, paired McNemar test"),
     "report": ("deploy.report:main", "learning curves (PNG) and tables from run directories"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from common.config.rules import at_least, one_of, setting
+from common.config.rules import at_least, one_of, positive, setting
 
 
 @dataclass
@@ -89,7 +89,8 @@ class EvalConfig:
 class BenchConfig:
     """``pushcut bench``: throughput measurements (env, policy, actor, ingest, update)."""
     seconds: float = 20.0
-    """measuring time of a bench, split over its measurements"""
+    """measuring time of a bench, split over its measurements (ingest-bad: each of its two
+    phases)"""
     producers: int = 4
     """ingest: trajectory senders (processes)"""
     decisions: int = 64
@@ -108,6 +109,10 @@ class BenchConfig:
     """ingest: bench store capacity in MB (it runs full, evicting)"""
     ingest_paced_load: float = 0.5
     """ingest: paced phase offers this share of the saturated rate"""
+    ingest_bad_rate: float = setting(10.0, positive())
+    """ingest-bad: trajectories per second the valid sender offers, evenly spaced"""
+    ingest_bad_every_s: float = setting(5.0, positive())
+    """ingest-bad: the second sender sends its 12 MB bad record this often"""
 
 
 @dataclass

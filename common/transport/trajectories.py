@@ -7,9 +7,10 @@ name it even when the payload does not decode. Replies, server -> sender:
 ``[b"ack", trajectory_id, outcome]`` (outcome ``stored`` | ``duplicate`` | ``dropped``) once
 the store's transaction holding it has committed, or ``[b"reject", trajectory_id, reason,
 detail]`` for a message that will never be accepted (a :class:`WireError` reason,
-``bad_frames``, ``id_mismatch``, or the store's: ``group_conflict``, ``group_full``,
-``conflict``, ``expert_record``, ``bad_value`` / ``store_error`` for a record its
-transaction cannot hold; the other records of that batch are still acknowledged).
+``bad_frames`` (not two frames, or an id frame outside 1..128 bytes), ``id_mismatch``, or the
+store's: ``group_conflict``, ``group_full``, ``conflict``, ``expert_record``, ``bad_value`` /
+``store_error`` for a record its transaction cannot hold; the other records of that batch are
+still acknowledged).
 
 Guarantees: a sender keeps every unacknowledged trajectory and resends it after
 ``resend_after_s`` (doubling up to 4x per attempt), so nothing acknowledged is lost and
@@ -32,7 +33,8 @@ import zmq
 
 from common.transport.group_commit import CommitFn, GroupCommitter, Outcome  # noqa: F401 (Outcome: API)
 from common.transport.curve import CurveClientKeys, CurveServerKeys, apply_client_keys, apply_server_keys
-from common.wire.trajectory import DEFAULT_MAX_BYTES, Trajectory, WireError, decode, encode
+from common.wire.trajectory import (DEFAULT_MAX_BYTES, MAX_ID_LEN, Trajectory, WireError,
+                                    decode, encode)
 
 log = logging.getLogger(__name__)
 
@@ -336,21 +338,28 @@ class IngestServer:
         return received
 
     def _validate(self, frames: list[zmq.Frame]):
+        """Checks that need no decoding first (frames, the id's length; decode then checks
+        the size and the schema before it unpacks): a message built to be expensive is
+        refused for the price of receiving it."""
         identity = frames[0].bytes
+        # replies echo at most 200 bytes of the id frame, which is never copied whole
+        tid = bytes(frames[1].buffer[:200]) if len(frames) > 1 else b""
         if len(frames) != 3:
-            tid = frames[1].bytes[:200] if len(frames) > 1 else b""
             return self._reject(identity, tid, WireError(
                 "bad_frames", f"{len(frames) - 1} frames (expected trajectory_id, payload)"))
-        tid = frames[1].bytes
+        if not 1 <= len(frames[1]) <= MAX_ID_LEN:
+            return self._reject(identity, tid, WireError(
+                "bad_frames", f"trajectory_id frame of {len(frames[1])} bytes (expected "
+                              f"1..{MAX_ID_LEN})"))
         payload = frames[2].buffer
         self.counters["bytes"] += payload.nbytes
         try:
             traj = decode(payload, self.max_message_bytes)
         except WireError as err:
-            return self._reject(identity, tid[:200], err)
+            return self._reject(identity, tid, err)
         if traj.trajectory_id.encode() != tid:
-            return self._reject(identity, tid[:200], WireError(
-                "id_mismatch", f"frame names {tid[:200]!r}, payload {traj.trajectory_id!r}"))
+            return self._reject(identity, tid, WireError(
+                "id_mismatch", f"frame names {tid!r}, payload {traj.trajectory_id!r}"))
         return identity, tid, traj, payload
 
     def _acknowledge(self) -> None:

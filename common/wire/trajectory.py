@@ -28,7 +28,11 @@ any finite value >= 0); ``created_at`` from 0 to a day past the receiver's clock
 actions and timing values finite; behaviour log-probs finite and <= 0; at most 32 timings,
 keys of 1..64 characters. Before any of that, the unpacker refuses maps of more than 32
 entries, lists of more than 8 and strings longer than the longest text field (``too_large``),
-so a record built to be expensive to decode costs little to reject.
+so a record built to be expensive to decode costs little to reject. Before the unpacker even
+starts, the size is checked against ``max_bytes`` and, when the record opens with its
+``schema`` field (:func:`encode` writes it first), its version (``unknown_version``): a record
+of another version is refused from its first bytes, and by that reason rather than whatever
+its other fields break.
 
 ``length`` is the number of env steps executed, so ``T == ceil(length / C)`` and the
 valid tokens are exactly those of the first ``length`` steps (step-major: token ``c·D + d``
@@ -276,6 +280,33 @@ def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
                                            "must be the valid ones")
 
 
+_SCHEMA_KEY = msgpack.packb("schema")
+_MAP_HEADER_LEN = {0xde: 3, 0xdf: 5}   # map16, map32; a fixmap (0x80-0x8f) is one byte
+
+
+def _check_leading_schema(raw: bytes | bytearray | memoryview) -> None:
+    """WireError ``unknown_version`` if the top-level map's first entry is ``schema`` with any
+    value but SCHEMA_VERSION; nothing otherwise (:func:`decode` then checks it in full).
+    Reads at most the first 24 bytes."""
+    head = bytes(raw[:24])
+    if not head:
+        return
+    start = 1 if 0x80 <= head[0] <= 0x8f else _MAP_HEADER_LEN.get(head[0])
+    if start is None or head[start:start + len(_SCHEMA_KEY)] != _SCHEMA_KEY:
+        return
+    # no container or string may open here: an int is at most 9 bytes, which the head holds
+    unpacker = msgpack.Unpacker(max_str_len=16, max_bin_len=16, max_array_len=0,
+                                max_map_len=0, max_ext_len=0)
+    unpacker.feed(head[start + len(_SCHEMA_KEY):])
+    try:
+        version = unpacker.unpack()
+    except Exception:   # cut off by the head, past a limit above, or garbage: not an int
+        version = "(not an int)"
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise WireError("unknown_version", f"schema {version!r} (this build reads "
+                                           f"{SCHEMA_VERSION})")
+
+
 def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
     """msgpack bytes (or any bytes-like) -> Trajectory, or WireError naming the first violated
     rule. The arrays of the result are read-only views of buffers that msgpack made."""
@@ -284,6 +315,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Trajectory:
     size = memoryview(raw).nbytes
     if size > max_bytes:
         raise WireError("too_large", f"{size} bytes > limit {max_bytes}")
+    _check_leading_schema(raw)
     try:
         msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
                               max_map_len=MAX_MAP_LEN, max_array_len=MAX_LIST_LEN,

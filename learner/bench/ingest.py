@@ -92,7 +92,7 @@ class PayloadStamper:
         return trajectory_id, bytes(buf)
 
 
-def _producer(address: str, seed: int, shape: tuple[int, int, int], seconds: float,
+def producer(address: str, seed: int, shape: tuple[int, int, int], seconds: float,
               in_flight: int, pace: Optional[tuple[float, float]], start, out) -> None:
     """Producer process: stream stamped payloads for ``seconds`` after ``start`` is set.
 
@@ -131,7 +131,7 @@ def _producer(address: str, seed: int, shape: tuple[int, int, int], seconds: flo
                  "latencies_s": latencies, "max_lag_s": max(lag_s.values(), default=0.0)})
 
 
-def _store_process(store_cfg: dict, out, stop) -> None:
+def serve_store(store_cfg: dict, out, stop) -> None:
     from learner.store_process import StoreService
 
     service = StoreService(StoreConfig(**store_cfg)).start()
@@ -168,7 +168,7 @@ def _stream(ctx, address: str, producers: int, in_flight: int, seconds: float, s
     out, start = ctx.Queue(), ctx.Event()
     paces = [None if rate_per_s is None else (producers / rate_per_s, i / rate_per_s)
              for i in range(producers)]
-    procs = [ctx.Process(target=_producer, args=(address, first_seed + i, shape, seconds,
+    procs = [ctx.Process(target=producer, args=(address, first_seed + i, shape, seconds,
                                                  in_flight, paces[i], start, out))
              for i in range(producers)]
     for proc in procs:
@@ -202,7 +202,7 @@ def measure_ingest(cfg: PushcutConfig, root: Path, capacity: int, shape) -> dict
     store_out, stop = ctx.Queue(), ctx.Event()
     store_cfg = {**asdict(cfg.store), "path": str(root / "store"), "capacity": capacity,
                  "ingest_address": "tcp://127.0.0.1:*", "log_every_s": 3600.0}
-    store = ctx.Process(target=_store_process, args=(store_cfg, store_out, stop))
+    store = ctx.Process(target=serve_store, args=(store_cfg, store_out, stop))
     store.start()
     try:
         address = store_out.get(timeout=120)
@@ -252,12 +252,12 @@ def run(cfg: PushcutConfig) -> dict:
                "in_flight": b.ingest_in_flight, "seconds": b.seconds,
                **{f"raw_{per}_per_txn": r for per, r in raw.items()}, "ingest": ingest,
                "ratio": ingest["saturated"]["mb_per_s"] / limit,
-               "paced_load": b.ingest_paced_load, "loadavg": _loadavg()}
+               "paced_load": b.ingest_paced_load, "loadavg": loadavg()}
     _print(console, figures, raw, ingest)
     return figures
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     """The machine's 1/5/15-minute load averages (other jobs skew every figure here)."""
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

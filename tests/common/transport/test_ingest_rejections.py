@@ -2,7 +2,8 @@
 LMDB TrajectoryStore), each sent in one batch together with valid records, which are still
 acknowledged: decode range checks (bad_value), expert records in an RL store, group conflicts
 (temperature, policy kind), a full group, a known id with another payload (conflict, while
-the same payload again is a duplicate), and records that break the batch's transaction."""
+the same payload again is a duplicate), records that break the batch's transaction, and a
+12 MB record of a million timings."""
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import zmq
 
-from common.synthetic import make_trajectory
-from common.transport.trajectories import ACK, REJECT, IngestServer
+from common.synthetic import make_trajectory, oversized_timings_record
+from common.transport.trajectories import ACK, REJECT, IngestServer, TrajectorySender
 from common.wire.trajectory import encode
 from learner.store import TrajectoryStore
 from tests.common.transport.test_trajectories import serving
@@ -198,4 +199,25 @@ def test_a_burst_of_oversized_timings_maps_is_refused_and_memory_stays_bounded(t
         dealer.close()
     assert len(payload) > 1_000_000 and grown < 100 * 2 ** 20, grown
     assert store.stats()["trajectories"] == 0
+    store.close()
+
+
+@pytest.mark.parametrize("limit_mb", [64, 8])
+def test_a_12_mb_record_of_a_million_timings_is_refused_and_the_stream_goes_on(
+        tmp_path, limit_mb):
+    """Over a real socket: refused as too_large by the map's header (or, under a lower
+    message limit, by its size), while the valid record sent after it is stored."""
+    store = TrajectoryStore(str(tmp_path / "store"))
+    server = IngestServer("tcp://127.0.0.1:*", store.commit, max_message_bytes=limit_mb << 20)
+    bad = oversized_timings_record("bad-0")
+    with serving(server), TrajectorySender(server.address, resend_after_s=60) as sender:
+        sender.send(bad, "bad-0")
+        sender.send(record("ok-0", "g", 1))
+        assert sender.flush(60)
+    assert len(bad) > 12_000_000
+    assert sender.rejected == {"too_large": 1} and list(sender.acked_ids) == ["ok-0"]
+    assert sender.rejections[0][:2] == ("bad-0", "too_large")
+    assert (f"{len(bad)} bytes > limit {8 << 20}" if limit_mb == 8
+            else "1000000 exceeds max_map_len") in sender.rejections[0][2]
+    assert "ok-0" in store and "bad-0" not in store
     store.close()

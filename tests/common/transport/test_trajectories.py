@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.config import StoreConfig
 from common.transport.curve import CurveClientKeys, CurveServerKeys, generate_keypair
@@ -148,7 +149,10 @@ def test_bad_messages_get_reasons_and_the_server_keeps_serving(tmp_path):
         ([b"t9", b"\xc1garbage"], b"t9", b"not_msgpack"),
         ([b"t9", msgpack.packb(wrong_version)], b"t9", b"unknown_version"),
         ([b"t9", good], b"t9", b"id_mismatch"),
-        ([b"big", b"\x00" * 100_001], b"big", b"too_large"),
+        ([b"big", b"\x00" * 100_001], b"big", b"too_large"),   # by its size, before unpacking
+        ([b"", good], b"", b"bad_frames"),
+        ([b"x" * 129, good], b"x" * 129, b"bad_frames"),      # no valid id is that long
+        ([b"y" * 5000, good], b"y" * 200, b"bad_frames"),     # the reply echoes 200 bytes
     ]
     with serving(server):
         dealer = raw_dealer(server.address)
@@ -160,7 +164,34 @@ def test_bad_messages_get_reasons_and_the_server_keeps_serving(tmp_path):
         assert ask(dealer, [b"t0", good]) == [ACK, b"t0", b"duplicate"]
         dealer.close()
     assert len(store) == 1 and sum(server.rejected.values()) == len(cases)
-    assert server.rejected["bad_frames"] == 2
+    assert server.rejected["bad_frames"] == 5
+    store.close()
+
+
+def saw(monitor, event) -> bool:
+    """Whether the next event of a socket monitor (within 0.1 s) is ``event``."""
+    return bool(monitor.poll(100)) and recv_monitor_message(monitor)["event"] == event
+
+
+def test_a_frame_past_the_socket_limit_cuts_its_peer_off_unread(tmp_path):
+    """ZeroMQ's MAXMSGSIZE (twice the message limit and 1 MiB) holds per frame: the peer that
+    sends more is disconnected before the frame is read, and nothing of it reaches decode."""
+    store = TrajectoryStore(str(tmp_path / "store"))
+    server = IngestServer("tcp://127.0.0.1:*", store.commit, max_message_bytes=100_000)
+    with serving(server):
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        dealer.connect(server.address)
+        wait_until(lambda: saw(monitor, zmq.EVENT_CONNECTED), 10, "the connection")
+        dealer.send_multipart([b"t0", b"\x00" * (2 * 100_000 + (1 << 20) + 1)])
+        wait_until(lambda: saw(monitor, zmq.EVENT_DISCONNECTED), 10,
+                   "the server to cut the peer off")
+        assert server.counters["received"] == 0 and server.counters["bytes"] == 0
+        assert ask(dealer, [b"t0", encode(small(0))]) == [ACK, b"t0", b"stored"]  # reconnected
+        dealer.disable_monitor()
+        monitor.close()
+        dealer.close()
     store.close()
 
 

@@ -263,6 +263,13 @@ def test_random_bytes_raise_only_wire_errors(raw):
 
 
 @FUZZ
+@given(st.sampled_from([b"\x85", b"\xde\x00\x15", b"\xdf\x00\x00\x00\x15"]),
+       st.binary(max_size=40))
+def test_random_bytes_after_a_leading_schema_key_raise_only_wire_errors(header, tail):
+    only_wire_errors(header + msgpack.packb("schema") + tail)
+
+
+@FUZZ
 @given(structures)
 def test_random_msgpack_raises_only_wire_errors(obj):
     only_wire_errors(msgpack.packb(obj, use_bin_type=True))
@@ -310,3 +317,42 @@ def test_a_map_of_a_million_keys_is_refused_from_its_header():
     with pytest.raises(WireError) as err:
         decode(msgpack.packb(msg, use_bin_type=True))
     assert err.value.reason == "too_large" and "1000000 exceeds max_map_len" in err.value.detail
+
+
+def test_a_record_of_another_version_is_refused_by_its_first_bytes():
+    """The schema field, which encode writes first, is read before the unpacker starts: a
+    record of another version gets unknown_version even where the rest is unreadable to this
+    build (more fields, a huge map, cut short), and only its head is read."""
+    msg = {"schema": 3, **{k: v for k, v in small_msg().items() if k != "schema"},
+           **{f"new_{i}": 0 for i in range(40)}}
+    raw = msgpack.packb(msg, use_bin_type=True)
+    for cut in (raw, raw[:24]):
+        err = reason_of_raw(cut)
+        assert err.reason == "unknown_version" and "schema 3" in err.detail, err
+    as_text = msgpack.packb({"schema": "2", "timings": {f"k{i}": 0 for i in range(100)}})
+    assert reason_of_raw(as_text).reason == "unknown_version"
+
+
+def test_the_schema_check_is_unchanged_where_schema_is_not_the_first_field():
+    """Any field order stays legal: the full checks, in their order, decide."""
+    msg = small_msg()
+    reordered = {**{k: v for k, v in msg.items() if k != "schema"}, "schema": msg["schema"]}
+    assert decode(msgpack.packb(reordered, use_bin_type=True)).equals(
+        decode(msgpack.packb(msg, use_bin_type=True)))
+    late = {**reordered, "schema": 3, "timings": {f"k{i}": 0.0 for i in range(40)}}
+    assert reason_of_raw(msgpack.packb(late, use_bin_type=True)).reason == "too_large"
+
+
+def test_the_oversized_timings_record_is_a_million_keys_refused_from_its_header():
+    from common.synthetic import oversized_timings_record
+    raw = oversized_timings_record("bad-0")
+    assert 12_000_000 <= len(raw) < 12_100_000
+    assert len(msgpack.unpackb(oversized_timings_record("bad-1", keys=100))["timings"]) == 100
+    err = reason_of_raw(raw)
+    assert err.reason == "too_large" and "1000000 exceeds max_map_len" in err.detail
+
+
+def reason_of_raw(raw: bytes) -> WireError:
+    with pytest.raises(WireError) as err:
+        decode(raw)
+    return err.value
