@@ -280,24 +280,20 @@ def _check_shapes(msg: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
                                            "must be the valid ones")
 
 
-_SCHEMA_KEY = msgpack.packb("schema")
-_MAP_HEADER_LEN = {0xde: 3, 0xdf: 5}   # map16, map32; a fixmap (0x80-0x8f) is one byte
-
-
 def _check_leading_schema(raw: bytes | bytearray | memoryview) -> None:
     """WireError ``unknown_version`` if the top-level map's first entry is ``schema`` with any
     value but SCHEMA_VERSION; nothing otherwise (:func:`decode` then checks it in full).
     Reads at most the first 24 bytes."""
-    head = bytes(raw[:24])
-    if not head:
-        return
-    start = 1 if 0x80 <= head[0] <= 0x8f else _MAP_HEADER_LEN.get(head[0])
-    if start is None or head[start:start + len(_SCHEMA_KEY)] != _SCHEMA_KEY:
-        return
-    # no container or string may open here: an int is at most 9 bytes, which the head holds
+    # no container or long string may open in the head: an int is at most 9 bytes
     unpacker = msgpack.Unpacker(max_str_len=16, max_bin_len=16, max_array_len=0,
                                 max_map_len=0, max_ext_len=0)
-    unpacker.feed(head[start + len(_SCHEMA_KEY):])
+    unpacker.feed(bytes(raw[:24]))
+    try:
+        unpacker.read_map_header()
+        if unpacker.unpack() != "schema":
+            return
+    except Exception:   # not a map, or its first key is not a short string: decode decides
+        return
     try:
         version = unpacker.unpack()
     except Exception:   # cut off by the head, past a limit above, or garbage: not an int
