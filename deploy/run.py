@@ -25,19 +25,24 @@ anything starts (deploy/checks.py, from deploy/cli.py); ``store.path`` and
 so other values are refused there rather than silently ignored.
 
 Supervision: each child runs under a :class:`~deploy.supervisor.ProcessSupervisor` in its own
-process group with :data:`RESTART_POLICY`. A child that dies is restarted after a backoff: an
-actor resumes generating (the learner's current weights first), a store reopens its LMDB and
-the actors resend what it had not acknowledged, a learner resumes from its newest checkpoint,
-an evaluator picks up the snapshots not yet evaluated. Every restart is printed and counted
-in the status (``restarts`` in ``run.jsonl``). The run ends when the learner finishes
-(``learner.max_versions``, ``learner.max_wall_s``), when a child has no restart left, when
-every actor finished (``actor.max_groups``) or on Ctrl-C / SIGTERM, which reach only this
+process group with its role's restart intensity (``run.restarts.<role>``: at most
+``max_restarts`` restarts within ``window_s`` seconds, after a backoff that doubles from
+``backoff_s`` up to ``max_backoff_s``). A child that dies is restarted: an actor resumes
+generating (the learner's current weights first), a store reopens its LMDB and the actors
+resend what it had not acknowledged, a learner resumes from its newest checkpoint, an
+evaluator picks up the snapshots not yet evaluated. A child that dies once more than its
+intensity allows is retired: it stays down, and the status shows it. Every restart and
+retirement is printed and counted in the status (``restarts`` in ``run.jsonl``). The run
+goes on while it can still learn (the store, the learner, at least one actor); it ends when
+the learner finishes (``learner.max_versions``, ``learner.max_wall_s``), when it can no
+longer learn (the store or the learner retired, or every actor), when every actor that is
+not retired finished (``actor.max_groups``) or on Ctrl-C / SIGTERM, which reach only this
 process; it then stops the children in order: actors (SIGTERM: finished groups are flushed),
 learner (SIGTERM: final checkpoint), store. A second Ctrl-C / SIGTERM drops the order and
 the graceful waits: every child still running gets a second SIGTERM (it hurries too) and a
-few seconds before it is killed. Exit status 0 when no child failed for good and
-the learner stopped cleanly, else 1, after naming each failed child, its exit status and the
-last lines of its log; 2 for a bad configuration.
+few seconds before it is killed. The final summary names the retired children; each one's
+exit status and the last lines of its log are printed. Exit status 0 when the run could
+still learn and the learner stopped cleanly, else 1, naming why; 2 for a bad configuration.
 """
 from __future__ import annotations
 
@@ -85,12 +90,15 @@ def start_temperature(cfg: PushcutConfig, checkpoint: str, run_dir: Path, log_di
 
 
 # ---------------------------------------------------------------- the run
-# Restart policy of every child: up to RESTARTS_IN_A_ROW restarts, each after a backoff that
-# doubles from BACKOFF_S up to MAX_BACKOFF_S; a child that ran HEALTHY_AFTER_S before it died
-# starts a new row. A crash loop gives up in about a minute; occasional deaths never do.
-RESTART_POLICY = dict(max_restarts=5, backoff_s=1.0, max_backoff_s=30.0, healthy_after_s=120.0)
 # services that never stop by themselves: restarted even when they exit 0
 SERVICES = ("store", "evaluator")
+
+
+def restart_options(cfg: PushcutConfig, role: str) -> dict[str, float | int]:
+    """The supervisor's restart policy for a child of ``role`` (``run.restarts.<role>``)."""
+    intensity = getattr(cfg.run.restarts, role)
+    return dict(max_restarts=intensity.max_restarts, window_s=intensity.window_s,
+                backoff_s=intensity.backoff_s, max_backoff_s=intensity.max_backoff_s)
 
 
 def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint: str,
@@ -98,7 +106,7 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
     """Into ``children`` (so that the caller can stop what started if this fails): store
     (unless the learner hosts it), learner, then the actors, which send their heartbeats to
     the learner and to ``status_heartbeats``; then the evaluator if there is one. Each runs
-    under a supervisor with :data:`RESTART_POLICY`. With ``actor.ack_log=FILE`` actor-i
+    under a supervisor with its role's restart intensity. With ``actor.ack_log=FILE`` actor-i
     appends to ``FILE.actor-i`` (one file per process: a SIGKILL never tears another's line)."""
     per_role = merge(local_addresses(cfg, status_heartbeats), run_paths(run_dir, checkpoint))
     commands = role_commands(cfg, config_overrides(cfg), per_role, range(cfg.num_actors))
@@ -111,7 +119,8 @@ def start_children(cfg: PushcutConfig, run_dir: Path, log_dir: Path, checkpoint:
     for name, command in commands.items():
         if command.role == "actor" and cfg.actor.ack_log:
             command.overrides.append(override("actor.ack_log", f"{cfg.actor.ack_log}.{name}"))
-        child = children[name] = role_process(name, command, log_dir, **RESTART_POLICY,
+        child = children[name] = role_process(name, command, log_dir,
+                                              **restart_options(cfg, command.role),
                                               restart_clean_exit=name in SERVICES).start()
         if name == "store":
             wait_for(lambda: (run_dir / "store" / "data.mdb").exists() or not child.alive,
@@ -159,15 +168,20 @@ def describe_exit(code: int | None) -> str:
 def poll_children(children: dict[str, ProcessSupervisor], seen: dict[str, tuple[int, int]]
                   ) -> list[str]:
     """Let every supervisor restart its child when due. ``seen``: name -> (exits, restarts)
-    already reported, updated here. -> one line per new death or restart."""
+    already reported, updated here. -> one line per new death, restart or retirement."""
     notes = []
     for name, child in children.items():
         child.poll()
         exits, restarts = seen.get(name, (0, 0))
         for code in child.exits[exits:]:
-            then = ("no restart left" if child.gave_up else
-                    f"restart {child.in_a_row + 1} of {child.max_restarts} in a row in "
-                    f"{child.next_backoff_s():.0f}s")
+            within = f"within {child.window_s:.0f}s"
+            why = cannot_learn(children)
+            then = (f"retired ({child.max_restarts} restart(s) {within} already); "
+                    + (f"{why}: the run cannot learn any more" if why else
+                       "the run goes on without it")
+                    if child.gave_up else
+                    f"restart {child.counted_restarts() + 1} of {child.max_restarts} {within} "
+                    f"in {child.next_backoff_s():.3g}s")
             notes.append(f"{name} exited with {describe_exit(code)}; {then}")
         if child.restarts > restarts:
             notes.append(f"{name} restarted (pid {child.pid}, {child.restarts} restart(s))")
@@ -175,16 +189,41 @@ def poll_children(children: dict[str, ProcessSupervisor], seen: dict[str, tuple[
     return notes
 
 
+def child_states(children: dict[str, ProcessSupervisor]) -> dict[str, str]:
+    """name -> the supervisor's state, ``retired`` for a child that used up its restarts."""
+    return {n: "retired" if c.gave_up else c.state for n, c in children.items()}
+
+
+def fatal_retirements(children: dict[str, ProcessSupervisor]) -> list[str]:
+    """The retired children the run cannot learn without: the store, the learner, or every
+    actor (all of them, when none is left)."""
+    retired = [n for n, c in children.items() if c.gave_up]
+    fatal = [n for n in ("store", "learner") if n in retired]
+    actors = [n for n in children if n.startswith("actor-")]
+    if actors and all(n in retired for n in actors):
+        fatal += actors
+    return fatal
+
+
+def cannot_learn(children: dict[str, ProcessSupervisor]) -> str | None:
+    """Why the run can no longer learn (a retirement it cannot do without), or None."""
+    fatal = fatal_retirements(children)
+    if not fatal:
+        return None
+    return "every actor retired" if fatal[0].startswith("actor-") else f"{fatal[0]} retired"
+
+
 def run_over(children: dict[str, ProcessSupervisor]) -> str | None:
-    """Why the run is over, or None while it goes on: the learner finished (exited 0), a
-    child has no restart left, or every actor finished (``actor.max_groups``)."""
+    """Why the run is over, or None while it goes on: the learner finished (exited 0), the
+    run can no longer learn (:func:`cannot_learn`), or every actor that is not retired
+    finished (``actor.max_groups``)."""
     if children["learner"].state == "finished":
         return "learner finished"
-    failed = [n for n, c in children.items() if c.gave_up]
-    if failed:
-        return f"{failed[0]} failed"
+    why = cannot_learn(children)
+    if why:
+        return why
     actors = [c for n, c in children.items() if n.startswith("actor-")]
-    if actors and all(c.state == "finished" for c in actors):
+    if actors and all(c.gave_up or c.state == "finished" for c in actors):
         return "actors finished"
     return None
 
@@ -199,7 +238,7 @@ def supervise(children: dict[str, ProcessSupervisor], board: StatusBoard, run_di
         while not stop.wait(STATUS_EVERY_S):
             for note in poll_children(children, seen):
                 console.print(f"[bold]pushcut run[/]: {note}", soft_wrap=True)
-            figures = board.figures({n: c.state for n, c in children.items()},
+            figures = board.figures(child_states(children),
                                     {n: c.restarts for n, c in children.items()})
             status_log.write(json.dumps({"time": time.time(), **figures}) + "\n")
             status_log.flush()
@@ -216,24 +255,27 @@ def supervise(children: dict[str, ProcessSupervisor], board: StatusBoard, run_di
 
 def report_failures(children: dict[str, ProcessSupervisor], exits: dict[str, int | None],
                     console: Console, lines: int = 20) -> list[str]:
-    """Print, for every child that failed for good (no restart left) and for a learner that
-    did not stop cleanly, its name, exit status and the last ``lines`` lines of its log.
-    -> the names of the failed children."""
-    failed = [n for n, c in children.items() if c.gave_up]
+    """Print, for every retired child and for a learner that did not stop cleanly, its
+    name, exit status and the last ``lines`` lines of its log (in red where the run could
+    not go on without it). -> the names of the retired children the run could not do
+    without (:func:`fatal_retirements`)."""
+    fatal = fatal_retirements(children)
+    retired = [n for n, c in children.items() if c.gave_up]
     learner = "learner" if exits.get("learner") not in (0, None) else None
-    for name in dict.fromkeys([*failed, *([learner] if learner else [])]):
+    for name in dict.fromkeys([*retired, *([learner] if learner else [])]):
         child = children[name]
         code = child.exits[-1] if child.gave_up and child.exits else exits.get(name)
-        what = (f"failed: exit {describe_exit(code)}, no restart left after "
-                f"{child.restarts} restart(s)" if child.gave_up else
-                f"did not stop cleanly: exit {describe_exit(code)}")
+        what = (f"retired: exit {describe_exit(code)} with {child.max_restarts} restart(s) "
+                f"within {child.window_s:.0f}s already, {child.restarts} in all"
+                if child.gave_up else f"did not stop cleanly: exit {describe_exit(code)}")
         tail = child.tail_lines(lines)
-        console.print(f"[red]pushcut run: {name} {what}[/]; " + (
+        colour = "red" if name in fatal or name == learner else "yellow"
+        console.print(f"[{colour}]pushcut run: {name} {what}[/]; " + (
             f"last {len(tail)} line(s) of {child.log_path}:" if tail else
             f"{child.log_path} is empty"), soft_wrap=True)
         for line in tail:
             console.print(f"  {name}| {line}", markup=False, highlight=False, soft_wrap=True)
-    return failed
+    return fatal
 
 
 def main(cfg: PushcutConfig, args: list[str]) -> int:
@@ -255,7 +297,8 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     (run_dir / "calibration.json").write_text(json.dumps(machine.to_dict()) + "\n")
     console.print(f"[bold]pushcut run[/]: {cfg.mode} mode, {cfg.num_actors} actor(s), policy "
                   f"{checkpoint}, logs in {log_dir}; machine: {machine.line()}")
-    board = StatusBoard(run_dir, run_dir / "store", cfg.mode, status_heartbeats(cfg))
+    board = StatusBoard(run_dir, run_dir / "store", cfg.mode, status_heartbeats(cfg),
+                        cfg.run.stall_after)
     children: dict[str, ProcessSupervisor] = {}
     try:
         start_children(cfg, run_dir, log_dir, checkpoint, board.heartbeats.address, children)
@@ -267,14 +310,24 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         # the actors flush for actor.flush_timeout_s; one stuck on a dead store is killed
         exits = stop_children(children, actor_timeout_s=cfg.actor.flush_timeout_s + 20,
                               hurry=signals.hurry)
-        figures = board.figures({n: c.state for n, c in children.items()},
+        figures = board.figures(child_states(children),
                                 {n: c.restarts for n, c in children.items()})
         board.close()
+    return finish(children, exits, figures, reason, run_dir, console)
+
+
+def finish(children: dict[str, ProcessSupervisor], exits: dict[str, int | None],
+           figures: dict, reason: str, run_dir: Path, console: Console) -> int:
+    """The last status line, the retired children and the final summary. -> exit status."""
     console.print(one_line(figures), soft_wrap=True)
     failed = report_failures(children, exits, console)
+    if failed:
+        console.print(f"[red]pushcut run: {cannot_learn(children)}: the run could not learn "
+                      "any more", soft_wrap=True)
     ok = not failed and exits.get("learner") == 0
     print("run stopped: " + json.dumps({
         "reason": reason, "exits": exits, "failed": failed,
+        "retired": [n for n, c in children.items() if c.gave_up],
         "restarts": {n: c.restarts for n, c in children.items()},
         "policy_version": figures["policy_version"], "run_dir": str(run_dir)}), flush=True)
     return 0 if ok else 1

@@ -2,29 +2,48 @@
 the files, processes and messages it already has.
 
 In: ``<run_dir>/learner.jsonl`` (read incrementally), the trajectory store (opened
-read-only in this process once it exists), the children's states and restart counts, and
-the actors' heartbeats (each actor sends them to the learner and to this process's
-:class:`~common.transport.heartbeats.HealthMonitor`: its version, env steps/s). Out: a rich
-table (version, env steps/s, actor versions, learner steps/s, success rate, staleness, queue
-depth, filter drops, processes, restarts) for ``rich.live.Live``, a one-line form for logs
+read-only in this process once it exists), the children's states (``retired`` for one that
+used up its restarts) and restart counts, and the actors' heartbeats (each actor sends them
+to the learner and to this process's :class:`~common.transport.heartbeats.HealthMonitor`:
+its version, env steps/s). Out: a rich table (version, env steps/s, actor versions, learner
+steps/s, success rate, staleness, queue depth, filter drops, processes, restarts, retired
+children, a stall and its likely cause) for ``rich.live.Live``, a one-line form for logs
 that are not a terminal, and the same figures as a dict for ``<run_dir>/run.jsonl``.
+
+The filter's counts (kept, dropped by reason) are the learner's per process life; the
+status adds up the lives in ``learner.jsonl`` (each begins with a ``start`` record), so they
+survive learner restarts, and a new ``pushcut run`` on the same run_dir, as of each life's
+last record. A stall: no new version for ``run.stall_after`` times the median of the recent
+times between versions (those within one life of the learner).
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Optional
 
 from rich.table import Table
 
-from common.config.schema import PushcutConfig
+from common.config.schema import PushcutConfig, RunConfig
 from common.transport.curve import CurveServerKeys
 from common.transport.heartbeats import HealthMonitor
 
 
+# the recent times between versions a stall is measured against
+STALL_INTERVALS = 20
+
+
+def filter_counts(record: dict[str, Any]) -> dict[str, int]:
+    """The filter's counters in a learner record: ``kept`` and ``dropped_<reason>``."""
+    return {k: v for k, v in record.items() if k == "kept" or k.startswith("dropped_")}
+
+
 class LearnerLog:
-    """Tail of ``learner.jsonl``: the newest start/update/wait records."""
+    """Tail of ``learner.jsonl``: the newest start/update/wait records, the filter's counts
+    added up over the learner's lives, and the times between its versions."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -34,6 +53,12 @@ class LearnerLog:
         self.last_start: dict[str, Any] | None = None
         self.last_wait: dict[str, Any] | None = None
         self.updates = 0
+        self.last_update_time: float | None = None       # of any life
+        self.intervals: deque[float] = deque(maxlen=STALL_INTERVALS)
+        self._carried: Counter[str] = Counter()          # the counts of the earlier lives
+        self._life: dict[str, int] | None = None         # the newest counts of this life
+        self.life_at_update: dict[str, int] = {}         # ... as of this life's last update
+        self._life_update_time: float | None = None
 
     def refresh(self) -> None:
         if not self.path.exists():
@@ -49,13 +74,42 @@ class LearnerLog:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if record.get("event") == "update":
-                self.last_update = record
-                self.updates += 1
-            elif record.get("event") == "start":
-                self.last_start = record
-            elif record.get("event") == "wait":
-                self.last_wait = record
+            self._take(record)
+
+    def _take(self, record: dict[str, Any]) -> None:
+        event, when = record.get("event"), record.get("time")
+        if event == "start":                 # a new life: its filter counts from zero
+            self._carried.update(self._life or {})
+            self._life, self.life_at_update, self._life_update_time = None, {}, None
+            self.last_start = record
+            return
+        if event not in ("update", "wait", "stop"):
+            return
+        self._life = filter_counts(record)
+        if event == "update":
+            self.last_update = record
+            self.updates += 1
+            self.life_at_update = self._life
+            if when is not None:
+                if self._life_update_time is not None:
+                    self.intervals.append(when - self._life_update_time)
+                self._life_update_time = self.last_update_time = when
+        elif event == "wait":
+            self.last_wait = record
+
+    def counts(self) -> dict[str, int] | None:
+        """kept and dropped_<reason> over every life so far (None before any record)."""
+        if self._life is None and not self._carried:
+            return None
+        total = dict(self._carried)
+        for key, n in (self._life or {}).items():
+            total[key] = total.get(key, 0) + n
+        return total
+
+    def waiting(self) -> bool:
+        """Is the newest of the learner's records a wait for data (no update since)?"""
+        wait, update = self.last_wait or {}, self.last_update or {}
+        return bool(wait) and wait.get("time", 0) > update.get("time", 0)
 
 
 def status_heartbeats(cfg: PushcutConfig, address: str = "tcp://127.0.0.1:*") -> HealthMonitor:
@@ -123,14 +177,16 @@ class StatusBoard:
     """Collects the figures of one status refresh."""
 
     def __init__(self, run_dir: Path, store_path: Path, mode: str,
-                 heartbeats: HealthMonitor | None = None):
+                 heartbeats: HealthMonitor | None = None, stall_after: float | None = None):
         self.heartbeats = heartbeats        # owned: closed by close()
         self.learner_log = LearnerLog(run_dir / "learner.jsonl")
         self.store_path = store_path
         self.run_dir = run_dir
         self.mode = mode
+        self.stall_after = RunConfig().stall_after if stall_after is None else stall_after
         self.placement: dict[str, list[int]] = {}   # role -> cores it is pinned to
         self.started = time.monotonic()
+        self.started_wall = time.time()   # a stall is counted from here at the earliest
         self._store = None
 
     def _store_stats(self) -> dict[str, Any] | None:
@@ -145,17 +201,17 @@ class StatusBoard:
             return None
 
     def figures(self, children: dict[str, bool | str],
-                restarts: dict[str, int] | None = None) -> dict[str, Any]:
+                restarts: dict[str, int] | None = None,
+                now: float | None = None) -> dict[str, Any]:
         """One refresh. ``children``: name -> alive (bool) or a supervisor state
-        (``running``, ``restarting``, ``failed``, ...); ``restarts``: name -> restarts so far.
-        -> the figures (JSON-able; ``restarts`` holds only children restarted at least once)."""
+        (``running``, ``restarting``, ``retired``, ...); ``restarts``: name -> restarts so
+        far; ``now``: the wall clock (default: now). -> the figures (JSON-able; ``restarts``
+        holds only children restarted at least once)."""
         self.learner_log.refresh()
         u = self.learner_log.last_update or {}
         start = self.learner_log.last_start or {}
         store = self._store_stats() or {}
-        # filter counters: from the newest update or, while the learner waits, wait record
-        wait = self.learner_log.last_wait or {}
-        counts = wait if wait.get("time", 0) > u.get("time", 0) else u
+        counts = self.learner_log.counts() or {}
         drops = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_")}
         # the actors' heartbeats are current; the learner's figures only as of its last update
         env_rate, actor_versions, live = u.get("env_steps_per_s"), None, u.get("actors_live")
@@ -163,6 +219,8 @@ class StatusBoard:
         if heard is not None:
             rate, actor_versions, live = heard
             env_rate = env_rate if rate is None else rate
+        states = {name: state if isinstance(state, str) else ("running" if state else "exited")
+                  for name, state in children.items()}
         return {
             "elapsed_s": round(time.monotonic() - self.started, 1), "mode": self.mode,
             "placement": self.placement,
@@ -174,11 +232,27 @@ class StatusBoard:
             "staleness_max": u.get("staleness_max"), "loss": u.get("loss"),
             "queue_groups": store.get("complete_groups"),
             "store_trajectories": store.get("trajectories"), "kept": counts.get("kept"),
-            "dropped": drops, "actors_live": live,
-            "children": {name: state if isinstance(state, str) else
-                         ("running" if state else "exited") for name, state in children.items()},
+            "dropped": drops, "actors_live": live, "children": states,
             "restarts": {name: n for name, n in (restarts or {}).items() if n},
+            "retired": [name for name, state in states.items() if state == "retired"],
+            "stall": self.stall(states, heard[2] if heard else (
+                None if self.heartbeats is None else 0), time.time() if now is None else now),
         }
+
+    def stall(self, states: dict[str, str], actors_live: int | None,
+              now: float) -> dict[str, Any] | None:
+        """{for_s, usual_s, why} when no version came for ``stall_after`` times the usual
+        time between versions (None otherwise, and before two versions of one life).
+        ``actors_live``: how many actors are heard from now (None: not listened to)."""
+        log = self.learner_log
+        if not log.intervals:
+            return None
+        usual = statistics.median(log.intervals)
+        since = now - max(log.last_update_time or 0.0, self.started_wall)
+        if since <= self.stall_after * usual:
+            return None
+        return {"for_s": round(since, 1), "usual_s": round(usual, 1),
+                "why": stall_cause(states, log, actors_live)}
 
     def close(self) -> None:
         if self._store is not None:
@@ -215,6 +289,10 @@ def render(f: dict[str, Any]) -> Table:
         ("processes", ", ".join(f"{k}: {v}" for k, v in f["children"].items())),
         ("restarts", restarts_text(f, ", ", " ") or "none"),
     ]
+    if f.get("retired"):
+        rows.append(("retired", ", ".join(f["retired"])))
+    if stall_text(f):
+        rows.append(("stalled", stall_text(f)))
     if f.get("placement"):
         rows.append(("placement (cpus)", ", ".join(
             f"{n} {','.join(map(str, c))}" for n, c in f["placement"].items())))
@@ -224,6 +302,42 @@ def render(f: dict[str, Any]) -> Table:
     for what, value in rows:
         table.add_row(what, value)
     return table
+
+
+def stall_cause(states: dict[str, str], log: LearnerLog, actors_live: int | None) -> str:
+    """Why no version comes, the first that holds: the learner or the store is down, no
+    actor runs, the learner waits for data (and what the filter dropped meanwhile), else
+    the update itself is slow."""
+    for name, what in (("learner", ""), ("store", ": no groups reach the learner")):
+        if states.get(name, "running") != "running":
+            return f"{name} {states[name]}{what}"
+    actors = [state for name, state in states.items() if name.startswith("actor-")]
+    if actors and "running" not in actors:
+        return ("all actors retired" if set(actors) == {"retired"} else
+                "no actor running (" + ", ".join(sorted(set(actors))) + ")")
+    if not log.waiting():
+        return "the learner's update takes longer than usual"
+    wait = log.last_wait or {}
+    why = f"learner waiting for data: {_fmt(wait.get('queue_groups'))} complete group(s) in " \
+          "the store"
+    dropped = {k[len("dropped_"):]: n - log.life_at_update.get(k, 0)
+               for k, n in filter_counts(wait).items() if k.startswith("dropped_")}
+    dropped = {k: n for k, n in dropped.items() if n > 0}
+    if dropped:
+        why += (f", {sum(dropped.values())} dropped since the last version (" +
+                ", ".join(f"{k} {n}" for k, n in sorted(dropped.items())) + ")")
+    if actors_live == 0:
+        why += ", no actor heard from"
+    return why
+
+
+def stall_text(f: dict[str, Any]) -> str | None:
+    """'no new version for 65s (usual 8s): learner waiting for data: ...', or None."""
+    stall = f.get("stall")
+    if not stall:
+        return None
+    return (f"no new version for {stall['for_s']:.0f}s (usual {stall['usual_s']:.0f}s): "
+            f"{stall['why']}")
 
 
 # all-fail groups dropped, none kept, before the status calls it a stall (two batches' worth)
@@ -257,4 +371,6 @@ def one_line(f: dict[str, Any]) -> str:
             f"{_fmt(f['staleness_max'])} | queue {_fmt(f['queue_groups'])} | kept "
             f"{_fmt(f['kept'])} dropped {drops} | {running}/{len(f['children'])} processes"
             + (f" | restarts {restarts_text(f)}" if f.get("restarts") else "")
+            + (f" | retired {','.join(f['retired'])}" if f.get("retired") else "")
+            + (f" | stalled: {stall_text(f)}" if f.get("stall") else "")
             + (f" | {hint}" if hint else ""))

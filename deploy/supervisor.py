@@ -6,13 +6,14 @@ output appended to the log, restarted with a backoff when it dies unexpectedly (
 ``max_restarts=0``), and a status dict (pid, restarts, last exit code). A restarted actor
 resyncs by itself: on start it fetches the learner's current policy_version before generating.
 
-Restart policy: ``max_restarts`` restarts in a row (None: unlimited); with ``healthy_after_s``
-a child that ran at least that long before dying starts a new row, so a long run survives
-occasional deaths while a crash loop gives up (:attr:`ProcessSupervisor.gave_up`). The wait
-before a restart is ``backoff_s``, doubled for every restart in the row up to
-``max_backoff_s`` (None: always ``backoff_s``). Once a death is seen, whatever is left of the
-dead child's process group (env workers, FSDP ranks) is killed, so two copies never run at
-once.
+Restart policy: ``max_restarts`` restarts (None: unlimited), counted either within a sliding
+window of ``window_s`` seconds (the restart intensity ``pushcut run`` gives each child) or in
+a row, where with ``healthy_after_s`` a child that ran at least that long before dying starts
+a new row. Either way a long run survives occasional deaths while a crash loop gives up
+(:attr:`ProcessSupervisor.gave_up`). The wait before a restart is ``backoff_s``, doubled for
+every restart that counts, up to ``max_backoff_s`` (None: always ``backoff_s``). Once a
+death is seen, whatever is left of the dead child's process group (env workers, FSDP ranks)
+is killed, so two copies never run at once.
 
 The one launcher of child processes: ``pushcut run`` (:mod:`deploy.run`), ``pushcut
 soak``, the Ray launcher (:mod:`deploy.ray_launch`, one supervisor per role inside a Ray
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -125,7 +127,8 @@ class SupervisorStatus:
 class ProcessSupervisor:
     """One child process; :meth:`poll` restarts it if it died while it should be running.
 
-    ``max_restarts``: restarts in a row, None = unlimited. A child that exits 0 (it finished,
+    ``max_restarts``: restarts within ``window_s`` seconds, or in a row without it; None =
+    unlimited. A child that exits 0 (it finished,
     e.g. an actor with ``actor.max_groups``) is not restarted unless ``restart_clean_exit``
     (a service that should never stop by itself). ``healthy_after_s``, ``max_backoff_s``:
     see the module docstring. ``die_with_parent``/``pid_file``: see the module docstring;
@@ -140,7 +143,7 @@ class ProcessSupervisor:
                  die_with_parent: bool = False, pid_file: Optional[str] = None,
                  max_backoff_s: Optional[float] = None,
                  healthy_after_s: Optional[float] = None, restart_clean_exit: bool = False,
-                 cpus: Sequence[int] = (), nice: int = 0):
+                 cpus: Sequence[int] = (), nice: int = 0, window_s: Optional[float] = None):
         self.name, self.argv, self.cwd = name, list(argv), cwd
         self.pid_file = pid_file
         self.cpus = tuple(cpus)
@@ -150,6 +153,8 @@ class ProcessSupervisor:
         self.log_path = log_path
         self.max_restarts, self.backoff_s = max_restarts, backoff_s
         self.max_backoff_s, self.healthy_after_s = max_backoff_s, healthy_after_s
+        self.window_s = window_s
+        self._restart_times: deque[float] = deque()   # monotonic, within window_s
         self.restart_clean_exit = restart_clean_exit
         self.restarts = 0          # all restarts so far
         self.in_a_row = 0          # restarts since the child last ran healthy_after_s
@@ -213,6 +218,7 @@ class ProcessSupervisor:
         self._restart_due = None
         self.restarts += 1
         self.in_a_row += 1
+        self._restart_times.append(time.monotonic())
         self.start()
         return True
 
@@ -227,17 +233,27 @@ class ProcessSupervisor:
         if self.healthy_after_s is not None and \
                 time.time() - self.started_at >= self.healthy_after_s:
             self.in_a_row = 0
-        if self.max_restarts is not None and self.in_a_row >= self.max_restarts:
+        if self.max_restarts is not None and self.counted_restarts() >= self.max_restarts:
             self.gave_up = True
             return
         self._restart_due = time.monotonic() + self.next_backoff_s()
 
+    def counted_restarts(self) -> int:
+        """The restarts that count against ``max_restarts`` now: those of the last
+        ``window_s`` seconds, or those in a row without a window."""
+        if self.window_s is None:
+            return self.in_a_row
+        horizon = time.monotonic() - self.window_s
+        while self._restart_times and self._restart_times[0] < horizon:
+            self._restart_times.popleft()
+        return len(self._restart_times)
+
     def next_backoff_s(self) -> float:
-        """The wait before the next restart: ``backoff_s`` doubled per restart in a row, up to
-        ``max_backoff_s`` (constant without it)."""
+        """The wait before the next restart: ``backoff_s`` doubled per restart that counts,
+        up to ``max_backoff_s`` (constant without it)."""
         if self.max_backoff_s is None:
             return self.backoff_s
-        return min(self.backoff_s * 2 ** self.in_a_row, self.max_backoff_s)
+        return min(self.backoff_s * 2 ** self.counted_restarts(), self.max_backoff_s)
 
     @property
     def restarting(self) -> bool:

@@ -1,4 +1,5 @@
-"""The config of the commands: ``pushcut demos``, ``sft``, ``eval``, ``bench`` and ``run``.
+"""The config of the commands: ``pushcut demos``, ``sft``, ``eval``, ``bench`` and ``run``
+(with its children's restart intensities).
 
 Part of the schema (:mod:`common.config.schema` holds the roles' configs and the root
 ``PushcutConfig``, and re-exports these); every field's rules (:mod:`common.config.rules`)
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from common.config.rules import at_least, one_of, positive, setting
+from common.config.rules import at_least, in_range, one_of, positive, setting
 
 
 @dataclass
@@ -116,6 +117,46 @@ class BenchConfig:
 
 
 @dataclass
+class RestartIntensity:
+    """How often a child of ``pushcut run`` may die before it is retired
+    (deploy/supervisor.py): at most ``max_restarts`` restarts within any ``window_s``
+    seconds, each after a wait that doubles from ``backoff_s`` with every restart in the
+    window, up to ``max_backoff_s``. A crash loop exceeds it within minutes; occasional
+    deaths, however many over a long run, never do."""
+    max_restarts: int = setting(5, at_least(0))
+    """restarts allowed within ``window_s``; the next death retires the child (0: the first
+    death does)"""
+    window_s: float = setting(300.0, positive())
+    """the sliding window, in seconds, that restarts are counted in"""
+    backoff_s: float = setting(1.0, positive())
+    """the wait before a restart when none came in the window; doubled for each one that did"""
+    max_backoff_s: float = setting(30.0, positive())
+    """the longest wait before a restart"""
+
+    def joint_problems(self, prefix: str) -> list[str]:
+        if self.backoff_s <= self.max_backoff_s:
+            return []
+        return [f"{prefix}backoff_s={self.backoff_s!r}, {prefix}max_backoff_s="
+                f"{self.max_backoff_s!r}: must satisfy backoff_s <= max_backoff_s"]
+
+
+@dataclass
+class RestartsConfig:
+    """The restart intensity of each role of ``pushcut run``, counted per child (each actor
+    on its own). A retired child stays down; the run goes on while it can still learn (the
+    store, the learner and at least one actor) and ends with exit status 1 when it cannot."""
+    store: RestartIntensity = field(default_factory=RestartIntensity)
+    """the store: retired, it ends the run (the actors have nowhere to send their groups)"""
+    learner: RestartIntensity = field(default_factory=RestartIntensity)
+    """the learner: retired, it ends the run"""
+    actor: RestartIntensity = field(default_factory=RestartIntensity)
+    """each actor: a retired actor leaves the others generating; the run ends once every
+    actor is retired"""
+    evaluator: RestartIntensity = field(default_factory=RestartIntensity)
+    """the snapshot evaluator: retired, the run goes on without held-out figures"""
+
+
+@dataclass
 class RunConfig:
     """``pushcut run``: what it measures around RL (deploy/run.py)."""
     min_sampled_ratio: float = 0.5
@@ -133,3 +174,8 @@ class RunConfig:
     built-in suite, when it was made with this run's env, model, demos and SFT settings;
     else as train) | train (``pushcut demos`` and ``pushcut sft`` in the run directory);
     deploy/warmstart.py"""
+    restarts: RestartsConfig = field(default_factory=RestartsConfig)
+    """how often each child may die before it is retired (per role)"""
+    stall_after: float = setting(5.0, in_range(1, open_low=True))
+    """the status reports a stall, with its likely cause, when no new policy version came
+    for this many times the usual time between versions (the median of the recent ones)"""

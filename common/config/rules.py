@@ -21,7 +21,7 @@ import re
 from typing import Any, Callable, Optional
 
 __all__ = ["Rule", "setting", "redefault", "at_least", "positive", "in_range", "one_of",
-           "address", "tcp_port", "problems", "ConfigError"]
+           "address", "tcp_port", "tcp_parts", "problems", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -91,10 +91,18 @@ def one_of(*choices: Any) -> Rule:
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):(?P<port>\d+|\*)$")
 
 
+def tcp_parts(address: str) -> Optional[tuple[str, str]]:
+    """``tcp://host:port`` -> (host, port): the host as written (``*``, a name, an IPv4
+    address or a bracketed IPv6 literal), the port digits or ``*``; None for any other
+    address."""
+    m = _TCP.match(str(address))
+    return (m["host"], m["port"]) if m else None
+
+
 def tcp_port(address: str) -> Optional[str]:
     """``tcp://host:port`` -> port (digits or ``*``); None for any other address."""
-    m = _TCP.match(str(address))
-    return m["port"] if m else None
+    parts = tcp_parts(address)
+    return parts[1] if parts else None
 
 
 def address(bind: bool, several: bool = False) -> Rule:

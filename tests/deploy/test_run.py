@@ -105,10 +105,14 @@ def tiny_run_args(run_dir: Path, **extra) -> list[str]:
 
 
 def saved_micro_policy(tmp_path: Path) -> Path:
-    """A fresh micro tiny VLA (seed 0) saved as ``tmp_path/policy``, to start RL from."""
-    from tests.learner.helpers import micro_policy
+    """A fresh micro tiny VLA (seed 0) saved as ``tmp_path/policy``, to start RL from: the
+    default model settings at the micro preset, so that a run's settings agree with it."""
+    import torch
+    from common.config.schema import ModelConfig
+    from common.models import build_policy
+    torch.manual_seed(0)
     policy_dir = tmp_path / "policy"
-    micro_policy(0).save_pretrained(str(policy_dir))
+    build_policy(ModelConfig(preset="micro")).save_pretrained(str(policy_dir))
     return policy_dir
 
 

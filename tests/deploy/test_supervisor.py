@@ -1,8 +1,8 @@
 """ProcessSupervisor with real child processes: restarts, and no orphans when the supervisor
 itself is SIGKILLed (the Ray worker case): ``die_with_parent`` and ``pid_file``; the restart
-policy (restarts in a row, growing backoff, a new row after a healthy run, services restarted
-after a clean exit), the group of a dead child cleared before its restart, and a stop cut
-short by ``hurry`` (a second SIGTERM to the child)."""
+policy (restarts in a row or within a sliding window, growing backoff, a new row after a
+healthy run, services restarted after a clean exit), the group of a dead child cleared
+before its restart, and a stop cut short by ``hurry`` (a second SIGTERM to the child)."""
 import os
 import signal
 import subprocess
@@ -178,6 +178,41 @@ def test_a_child_that_ran_long_enough_starts_a_new_row(tmp_path):
         sup.kill()                        # at once: a second death in a row
         wait_until(lambda: not sup.poll() and sup.gave_up, 30, "the supervisor to give up")
         assert sup.restarts == 3 and sup.state == "failed"
+    finally:
+        sup.stop(10)
+
+
+def kill_and_see_restarted(sup: ProcessSupervisor) -> None:
+    first = sup.pid
+    sup.kill()
+    wait_until(lambda: sup.poll() and sup.pid != first, 30, "a restart")
+
+
+def test_restarts_within_the_window_count_and_one_more_death_retires_the_child(tmp_path):
+    sup = ProcessSupervisor("idle", IDLE, max_restarts=2, window_s=600, backoff_s=0.05,
+                            max_backoff_s=0.1).start()
+    try:
+        assert sup.next_backoff_s() == 0.05
+        kill_and_see_restarted(sup)
+        assert sup.counted_restarts() == 1 and sup.next_backoff_s() == 0.1   # doubled
+        kill_and_see_restarted(sup)
+        assert sup.counted_restarts() == 2 and sup.next_backoff_s() == 0.1   # capped
+        sup.kill()
+        wait_until(lambda: not sup.poll() and sup.gave_up, 30, "the supervisor to give up")
+        assert sup.restarts == 2 and sup.state == "failed" and len(sup.exits) == 3
+    finally:
+        sup.stop(10)
+
+
+def test_restarts_older_than_the_window_no_longer_count(tmp_path):
+    sup = ProcessSupervisor("idle", IDLE, max_restarts=1, window_s=0.5,
+                            backoff_s=0.05).start()
+    try:
+        for _ in range(3):        # one restart allowed in the window, three in all
+            wait_until(lambda: sup.counted_restarts() == 0, 30, "the window to pass")
+            kill_and_see_restarted(sup)
+            assert not sup.gave_up
+        assert sup.restarts == 3
     finally:
         sup.stop(10)
 

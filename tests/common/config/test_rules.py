@@ -10,7 +10,8 @@ from common.config import (
     AlgoConfig, ConfigError, DeployConfig, LiberoEnvConfig, PushcutConfig, load_config,
 )
 from common.config.endpoints import ENDPOINTS, default_ports
-from common.config.rules import address, problems
+from common.config.commands import RestartIntensity
+from common.config.rules import address, problems, tcp_parts, tcp_port
 
 
 def test_the_default_config_has_no_problem():
@@ -55,6 +56,31 @@ def test_a_rule_across_a_section_runs_once_its_fields_pass():
 ])
 def test_addresses(value, bind, ok):
     assert (address(bind).problem(value) is None) is ok
+
+
+@pytest.mark.parametrize("value, parts", [
+    ("tcp://127.0.0.1:5555", ("127.0.0.1", "5555")), ("tcp://*:*", ("*", "*")),
+    ("tcp://[::1]:5555", ("[::1]", "5555")), ("tcp://host.example:80", ("host.example", "80")),
+    ("ipc:///run/x", None), ("tcp://127.0.0.1", None), ("localhost:5558", None),
+])
+def test_a_tcp_address_is_read_by_one_rule(value, parts):
+    assert tcp_parts(value) == parts
+    assert tcp_port(value) == (parts[1] if parts else None)
+
+
+def test_each_role_of_a_run_has_its_own_restart_intensity():
+    cfg = load_config(["run.restarts.actor.max_restarts=9", "run.restarts.actor.window_s=60"])
+    assert (cfg.run.restarts.actor.max_restarts, cfg.run.restarts.actor.window_s) == (9, 60)
+    assert cfg.run.restarts.learner == RestartIntensity() == cfg.run.restarts.store
+    with pytest.raises(ConfigError, match=r"^run.restarts.store.max_restarts=-1: must be an "
+                                          r"integer >= 0$"):
+        load_config(["run.restarts.store.max_restarts=-1"])
+    with pytest.raises(ConfigError, match=r"^run.restarts.learner.backoff_s=60.0, "
+                                          r"run.restarts.learner.max_backoff_s=30.0: must "
+                                          r"satisfy backoff_s <= max_backoff_s$"):
+        load_config(["run.restarts.learner.backoff_s=60"])
+    with pytest.raises(ConfigError, match=r"^run.stall_after=1.0: must be a number > 1$"):
+        load_config(["run.stall_after=1"])
 
 
 def test_several_addresses_only_where_the_endpoint_fans_out():
