@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from common.models.policy import ObsBatch
+from common.wire.declaration import TEMPERATURE_TOLERANCE
 from common.wire.trajectory import Trajectory, decode, encode
 from learner.loss import group_advantages
 
@@ -90,15 +91,17 @@ def _check_group(group: list[Trajectory]) -> None:
 def collate(groups: list[list[Trajectory]], adv_eps: float = 1e-6) -> Batch:
     """Complete groups -> a Batch. Rewards are the success flags (1/0); advantages are
     group-normalised (learner.loss.group_advantages). All trajectories must share one
-    sampling temperature (the loss divides logits by it)."""
+    sampling temperature (the loss divides logits by it), up to twice the relative tolerance
+    the learner admits each record within (common/wire/declaration.py); the batch takes the
+    first's."""
     if not groups or not all(groups):
         raise ValueError("collate needs at least one non-empty group")
     for group in groups:
         _check_group(group)
     trajs = [t for group in groups for t in group]
-    temperatures = {float(t.temperature) for t in trajs}
-    if len(temperatures) != 1:
-        raise ValueError(f"trajectories sampled at several temperatures {sorted(temperatures)}; "
+    temperatures = sorted({float(t.temperature) for t in trajs})
+    if temperatures[-1] - temperatures[0] > 2 * TEMPERATURE_TOLERANCE * temperatures[-1]:
+        raise ValueError(f"trajectories sampled at several temperatures {temperatures}; "
                          "a batch needs one")
     rewards = torch.tensor([float(t.success) for t in trajs])
     group_index = torch.tensor([g for g, group in enumerate(groups) for _ in group])
@@ -117,7 +120,7 @@ def collate(groups: list[list[Trajectory]], adv_eps: float = 1e-6) -> Batch:
         policy_versions=np.array([t.policy_version for t in trajs], dtype=np.int64),
         rewards=rewards.numpy().astype(np.float32),
         trajectory_ids=[t.trajectory_id for t in trajs],
-        temperature=temperatures.pop())
+        temperature=float(trajs[0].temperature))
 
 
 def rank_trajectories(num_trajectories: int, rank: int, world_size: int) -> np.ndarray:

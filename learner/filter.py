@@ -25,7 +25,10 @@ the groups of a batch are marked ``trained`` by the learner after its update
 (:meth:`DynamicSamplingFilter.mark_trained`). ``quarantined``: a group whose records no
 longer decode, or that the learner cannot train on (it does not collate, or its update's
 loss is not finite: :meth:`DynamicSamplingFilter.quarantine`); it is never trained on nor
-retried, and counted as ``dropped_quarantined``. ``pure`` selection is :func:`select_groups`.
+retried, and counted as ``dropped_quarantined``. A group the learner's declaration refuses
+(common/wire/declaration.py) is set aside alone the same way under that reason
+(``dropped_shape_mismatch``, ...: :meth:`DynamicSamplingFilter.set_aside`). ``pure``
+selection is :func:`select_groups`.
 ``backlog``: the kept groups the last poll left waiting for a later batch (what the learner
 holds the actors on, ``algo.max_backlog_batches``).
 """
@@ -169,12 +172,16 @@ class DynamicSamplingFilter:
         self.store.mark_consumed(selection.group_ids, TRAINED)
 
     def quarantine(self, selection: Selection, group_ids: list[str]) -> None:
-        """The learner does not train on ``selection``: ``group_ids`` (some or all of its
-        groups) are marked consumed ``quarantined`` and counted; the selection's other
-        groups stay unconsumed and come back in a later poll (so ``kept`` no longer
-        counts any of the selection)."""
+        """:meth:`set_aside` ``group_ids`` as ``quarantined``."""
+        self.set_aside(selection, {g: QUARANTINED for g in group_ids})
+
+    def set_aside(self, selection: Selection, reasons: dict[str, str]) -> None:
+        """The learner does not train on ``selection``: the groups in ``reasons`` (some or
+        all of its groups) are marked consumed with their reason and counted; the
+        selection's other groups stay unconsumed and come back in a later poll (so ``kept``
+        no longer counts any of the selection)."""
         self.kept -= len(selection.infos)
-        self._mark_dropped({g: QUARANTINED for g in group_ids})
+        self._mark_dropped(dict(reasons))
 
     def _mark_dropped(self, dropped: dict[str, str]) -> None:
         for reason in set(dropped.values()):

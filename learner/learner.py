@@ -19,12 +19,17 @@ Consumption: dropped groups are marked at once by the filter; trained groups are
 after their update. Marks are never taken back, so after a crash the groups used by
 updates newer than the last checkpoint are not trained on again (at most once; the
 checkpoint's marks are re-applied on resume in case the store lost some).
-Quarantine: a group the learner cannot train on (it does not collate, or it was sampled
-at another temperature than the rest of its batch) is marked consumed ``quarantined`` before
-any update and the batch waits for the next poll; a batch whose update has a non-finite
-loss or grad norm (the optimiser step is skipped; the version still advances) has all its
-groups quarantined. Either way they are counted (``dropped_quarantined``), never trained on
-and never retried (also after a resume: the marks are in the checkpoints).
+Declaration: what the policy trains on (shapes, ``algo.temperature``, the current version:
+learner/admission.py) is written into the store at start and after every update, so that
+its ingest refuses records the learner could not train on.
+Setting aside: a group the learner cannot train on is judged alone, never by its place in the
+batch: one the declaration refuses (stored before it, or under an earlier one) is marked
+consumed with that reason (``shape_mismatch``, ``temperature_mismatch``,
+``future_version``), one that does not collate ``quarantined``, before any update; the
+batch's other groups wait for the next poll. A batch whose update has a non-finite loss or
+grad norm (the optimiser step is skipped; the version still advances) has all its groups
+quarantined. Either way they are counted (``dropped_<reason>``), never trained on and never
+retried (also after a resume: the marks are in the checkpoints).
 ``mode=sync``: the weight publisher is paused while the learner updates, so actors hold
 their next round until the new version is out; only groups of the current version are used.
 """
@@ -45,7 +50,7 @@ from common.transport.heartbeats import HealthMonitor
 from common.metrics import MetricsLogger
 from common.transport.curve import CurveServerKeys
 from common.transport.weight_publisher import WeightPublisher
-from learner.batch import collate
+from learner.admission import training_declaration, untrainable_groups
 from learner.checkpoint import Checkpoint, save_checkpoint
 from learner.filter import DynamicSamplingFilter, Selection
 from learner.ranks import effective_algo, send_command
@@ -55,33 +60,6 @@ from learner.store_process import StoreService
 from learner.trainer import Trainer
 
 log = logging.getLogger("pushcut.learner")
-
-
-def untrainable_groups(selection: Selection, adv_eps: float,
-                       num_bins: int | None = None) -> dict[str, str]:
-    """The groups of ``selection`` the learner cannot train on -> {group_id: why}: those
-    declaring another action space than the policy's ``num_bins`` (their tokens would index
-    past its logits), those that do not collate on their own (:func:`learner.batch.collate`
-    raises) and those sampled at another temperature than the first group that does (a
-    batch has one)."""
-    bad: dict[str, str] = {}
-    temperature = None
-    for info, group in zip(selection.infos, selection.groups):
-        declared = {t.num_bins for t in group}
-        if num_bins is not None and declared != {num_bins}:
-            bad[info.group_id] = f"action space of {sorted(declared)} bins, the policy's {num_bins}"
-            continue
-        try:
-            collate([group], adv_eps)
-        except Exception as exc:   # whatever collate refuses, training would crash on
-            bad[info.group_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        if temperature is None:
-            temperature = group[0].temperature
-        elif group[0].temperature != temperature:
-            bad[info.group_id] = (f"sampled at temperature {group[0].temperature}, the "
-                                  f"batch at {temperature}")
-    return bad
 
 
 def finite_update(stats: dict) -> bool:
@@ -108,6 +86,7 @@ class Learner:
             self.service = StoreService(cfg.store, store=self.store).start()
             self._closers.insert(0, self.service.stop)
         self.filter = DynamicSamplingFilter(self.store, effective_algo(cfg))
+        self.declaration = training_declaration(template, cfg, trainer.policy_version)
         self.publisher = WeightPublisher(lc.weights_address, lc.announce_address,
                                          lc.weight_chunk_mb, curve=curve)
         self._closers.insert(0, self.publisher.close)
@@ -164,6 +143,7 @@ class Learner:
         self._started = time.monotonic()
         send_command("state", self.trainer.device)
         self.model_sd = self.trainer.full_state_dict()
+        self._declare()
         self.publisher.publish(self.version, self.model_sd)
         self.metrics.log({"event": "start", "policy_version": self.version,
                           "resumed_from": self.resumed_from, "mode": self.cfg.mode,
@@ -237,13 +217,13 @@ class Learner:
 
     def _update(self, selection: Selection) -> bool:
         """One version from ``selection`` -> True; False (no update) when some of its groups
-        cannot be trained on: those are quarantined, the others wait for the next batch."""
-        bad = untrainable_groups(selection, self.trainer.grpo.cfg.adv_eps,
-                                 getattr(self.template, "num_bins", None))
+        cannot be trained on: those are set aside, the others wait for the next batch."""
+        bad = untrainable_groups(selection, self.declaration, self.trainer.grpo.cfg.adv_eps)
         if bad:
-            for group_id, why in bad.items():
-                log.warning("v%d: group %s quarantined: %s", self.version, group_id, why)
-            self.filter.quarantine(selection, list(bad))
+            for group_id, err in bad.items():
+                log.warning("v%d: group %s %s: %s", self.version, group_id, err.reason,
+                            err.detail)
+            self.filter.set_aside(selection, {g: err.reason for g, err in bad.items()})
             return False
         sync = self.cfg.mode == "sync"
         t0 = time.monotonic()
@@ -252,6 +232,7 @@ class Learner:
             self.publisher.pause()
         send_command("train", self.trainer.device)
         stats = self.trainer.train(selection.groups)
+        self._declare()     # the new version, before actors can hold it
         trained = finite_update(stats)
         if trained:
             self.filter.mark_trained(selection)
@@ -271,6 +252,11 @@ class Learner:
         self._log_update(selection, stats, wait_s, t1 - t0, t2 - t1, t2, trained)
         self._last_update_end = t2
         return True
+
+    def _declare(self) -> None:
+        """Write what this learner trains on, at its current version, into the store."""
+        self.declaration = dataclasses.replace(self.declaration, policy_version=self.version)
+        self.store.declare(self.declaration)
 
     def _log_update(self, selection: Selection, stats: dict, wait_s: float, update_s: float,
                     publish_s: float, now: float, trained: bool = True) -> None:

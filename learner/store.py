@@ -8,11 +8,11 @@ One LMDB environment (a directory), named sub-databases:
 
 =============  ====================================  =====================================
 ``traj``       trajectory_id -> wire bytes            the record exactly as the actor sent it
-``groups``     group_id -> msgpack group record        task, init state, size, members, age
+``groups``     group_id -> msgpack group record        learner/store_groups.py
 ``complete``   group_id -> b""                         complete and not consumed
 ``consumed``   group_id -> reason                      persisted consumption marks
 ``order``      eviction key -> group_id                consumed first, then stalest
-``info``       name -> msgpack int                     eviction counters
+``info``       name -> msgpack value                   eviction counters, the declaration
 =============  ====================================  =====================================
 
 Guarantees (docs/design.md): a write is durable when the call returns (``sync=True``);
@@ -23,7 +23,9 @@ policy_version, then oldest created_at), an unconsumed one marked consumed as ``
 a full map is doubled and the transaction retried; a record that breaks its batch's
 transaction is rejected alone (:meth:`TrajectoryStore.commit` retries record by record).
 Group members agree on task, initial state, size, temperature and policy kind; expert
-records (``policy_version == -1``) need ``accept_expert``.
+records (``policy_version == -1``) need ``accept_expert``. Once the learner has declared what
+it trains on (:meth:`TrajectoryStore.declare`), the ingest's ``commit`` refuses what it could
+not (common/wire/declaration.py); ``put``/``put_many`` store what local writers give them.
 Other processes may open the same path (readers, or writers such as the learner marking
 groups consumed); one process opens a path once and shares the instance between threads.
 """
@@ -33,13 +35,16 @@ import logging
 import os
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import lmdb
 import msgpack
 
+from common.wire.declaration import TrainingDeclaration, read_declaration
 from common.wire.trajectory import Trajectory, WireError, decode, encode
+from learner.store_groups import GroupInfo, group_conflict, order_key, to_group_info
+
+__all__ = ["EVICTED", "GroupInfo", "TrajectoryStore"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -51,35 +56,7 @@ _ENVIRONMENT_ERRORS = (OSError, MemoryError, lmdb.DiskError, lmdb.PanicError, lm
                        lmdb.CorruptedError, lmdb.InvalidError, lmdb.LockError,
                        lmdb.ReadersFullError, lmdb.MemoryError, lmdb.VersionMismatchError)
 _VALUE_ERRORS = (struct.error, OverflowError, ValueError, TypeError)   # -> bad_value
-
-
-@dataclass
-class GroupInfo:
-    """One group as the store sees it (members in arrival order)."""
-    group_id: str
-    task_id: str
-    init_state_id: int
-    group_size: int
-    trajectory_ids: list[str]
-    successes: list[bool]
-    policy_versions: list[int]
-    created_at: float
-
-    @property
-    def success_rate(self) -> float:
-        return sum(self.successes) / len(self.successes) if self.successes else 0.0
-
-    @property
-    def is_complete(self) -> bool:
-        return len(self.trajectory_ids) >= self.group_size
-
-
-def _order_key(record: dict[str, Any], group_id: bytes, consumed: bool) -> bytes:
-    """Eviction key, sorted bytewise: consumed first, then lowest policy_version, then
-    oldest created_at (microseconds), then arrival order."""
-    micros = min(max(int(record["created_at"] * 1e6), -(1 << 63)), (1 << 63) - 1)
-    return struct.pack(">BQQQ", 0 if consumed else 1, record["policy_version"] + (1 << 63),
-                       micros + (1 << 63), record["seq"]) + group_id
+_DECLARATION = b"declaration"         # info key of the learner's TrainingDeclaration
 
 
 def _same_record(stored: bytes, raw: Any, traj: Trajectory) -> bool:
@@ -88,26 +65,6 @@ def _same_record(stored: bytes, raw: Any, traj: Trajectory) -> bool:
         return stored == raw or decode(stored, _NO_LIMIT).equals(traj)
     except WireError:   # written by another build: not this record
         return False
-
-
-def _group_conflict(record: dict[str, Any], traj: Trajectory) -> Optional[WireError]:
-    """The group's record and a new member -> a ``group_conflict`` naming what differs, or
-    None when they agree (records written before temperature/expert were kept agree)."""
-    mine = {"task_id": traj.task_id, "init_state_id": traj.init_state_id,
-            "group_size": traj.group_size, "temperature": traj.temperature,
-            "expert": traj.is_expert}
-    differ = [f"{k} {v!r} but the group has {record[k]!r}" for k, v in mine.items()
-              if record.get(k, v) != v]
-    return WireError("group_conflict", f"trajectory {traj.trajectory_id} in group "
-                     f"{traj.group_id}: " + "; ".join(differ)) if differ else None
-
-
-def _group_info(group_id: bytes, record: dict[str, Any]) -> GroupInfo:
-    members = record["members"]
-    return GroupInfo(group_id=group_id.decode(), task_id=record["task_id"],
-                     init_state_id=record["init_state_id"], group_size=record["group_size"],
-                     trajectory_ids=[m[0] for m in members], successes=[m[1] for m in members],
-                     policy_versions=[m[2] for m in members], created_at=record["created_at"])
 
 
 class TrajectoryStore:
@@ -154,7 +111,7 @@ class TrajectoryStore:
     def put_many(self, items: Sequence[tuple[Trajectory, bytes]]) -> list[bool]:
         """Store several trajectories in one durable transaction; True for each new one.
         On a rejection (see :meth:`commit`) nothing is written and the WireError is raised."""
-        outcomes = self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=True))
+        outcomes = self._write(lambda txn: self._commit_txn(txn, items, ingest=False))
         return [o == "stored" for o in outcomes]
 
     def commit(self, items: Sequence[tuple[Trajectory, Any]]) -> list[str | WireError]:
@@ -163,14 +120,16 @@ class TrajectoryStore:
         consumed or evicted) or a WireError (``conflict``: another record under that
         trajectory_id; ``expert_record``: an expert record and not ``accept_expert``;
         ``group_conflict``: task_id, init_state_id, group_size, temperature or policy kind
-        differ from the group's first member; ``group_full``: more than group_size members).
+        differ from the group's first member; ``group_full``: more than group_size members;
+        ``shape_mismatch``, ``future_version``, ``temperature_mismatch``: against the
+        declaration in force, see :meth:`declare`).
 
         If the batch's transaction raises, each item is retried in a transaction of its own
         and one that raises again is rejected (``bad_value`` for a value the store cannot
         encode, ``store_error`` otherwise), so the rest are still stored. Failures of the
         environment (disk, LMDB itself) are raised: nothing is acknowledged, senders resend."""
         try:
-            return self._write(lambda txn: self._commit_txn(txn, items, abort_on_conflict=False))
+            return self._write(lambda txn: self._commit_txn(txn, items, ingest=True))
         except _ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:   # one record broke the batch: isolate it
@@ -182,7 +141,7 @@ class TrajectoryStore:
         """One item in its own transaction -> its outcome, or the rejection of a record the
         store cannot hold."""
         try:
-            return self._write(lambda txn: self._commit_txn(txn, [item], False))[0]
+            return self._write(lambda txn: self._commit_txn(txn, [item], ingest=True))[0]
         except _ENVIRONMENT_ERRORS:
             raise
         except Exception as exc:
@@ -201,7 +160,16 @@ class TrajectoryStore:
         marks already present keep their reason."""
         self._write(lambda txn: self._mark_txn(txn, dict(marks)))
 
+    def declare(self, declaration: TrainingDeclaration) -> None:
+        """Persist what the learner trains on; from the next commit on, the ingest refuses
+        records it could not train on (common/wire/declaration.py)."""
+        self._write(lambda txn: txn.put(_DECLARATION, declaration.encode(), db=self._db["info"]))
+
     # ------------------------------------------------------------------ reading
+    def declaration(self) -> Optional[TrainingDeclaration]:
+        """The declaration in force, None before any (or one this build cannot read)."""
+        return self._read(self._declared)
+
     def get(self, trajectory_id: str) -> Optional[Trajectory]:
         raw = self.get_raw(trajectory_id)
         return None if raw is None else decode(raw, _NO_LIMIT)
@@ -230,7 +198,7 @@ class TrajectoryStore:
                 found = [(k, msgpack.unpackb(groups.get(k)))
                          for k in txn.cursor(db=self._db["complete"]).iternext(values=False)]
             found.sort(key=lambda item: (item[1]["created_at"], item[1]["seq"]))
-            return [_group_info(k, r) for k, r in found]
+            return [to_group_info(k, r) for k, r in found]
         return self._read(read)
 
     def read_group(self, group_id: str) -> list[Trajectory]:
@@ -246,7 +214,7 @@ class TrajectoryStore:
 
     def group_info(self, group_id: str) -> Optional[GroupInfo]:
         record = self._read(lambda txn: txn.get(group_id.encode(), db=self._db["groups"]))
-        return None if record is None else _group_info(group_id.encode(), msgpack.unpackb(record))
+        return None if record is None else to_group_info(group_id.encode(), msgpack.unpackb(record))
 
     def is_consumed(self, group_id: str) -> bool:
         return self._read(lambda txn: self._has(txn, "consumed", group_id.encode()))
@@ -306,17 +274,32 @@ class TrajectoryStore:
         with txn.cursor(db=self._db[db]) as cursor:   # set_key does not copy the value
             return cursor.set_key(key)
 
-    def _commit_txn(self, txn, items, abort_on_conflict: bool) -> list[str | WireError]:
-        outcomes = []
+    def _declared(self, txn) -> Optional[TrainingDeclaration]:
+        raw = txn.get(_DECLARATION, db=self._db["info"])
+        return None if raw is None else read_declaration(raw)
+
+    def _commit_txn(self, txn, items, ingest: bool) -> list[str | WireError]:
+        """``ingest``: check the declaration, reject per item; else a rejection aborts."""
+        outcomes, declared = [], self._declared(txn) if ingest else None
         for traj, raw in items:
             try:
+                if declared is not None and (problem := self._refused(txn, traj, declared)):
+                    raise problem
                 outcomes.append(self._put_txn(txn, traj, raw))
             except WireError as err:
-                if abort_on_conflict:
+                if not ingest:
                     raise
                 outcomes.append(err)
         self._evict_txn(txn)
         return outcomes
+
+    def _refused(self, txn, traj: Trajectory, declared: TrainingDeclaration
+                 ) -> Optional[WireError]:
+        """Why the declared learner could not train on ``traj``; None for a record already
+        stored (a resend is answered as before, duplicate or conflict)."""
+        problem = declared.check(traj)
+        return None if problem is None or self._has(txn, "traj", traj.trajectory_id.encode()) \
+            else problem
 
     def _put_txn(self, txn, traj: Trajectory, raw) -> str:
         key, gkey = traj.trajectory_id.encode(), traj.group_id.encode()
@@ -338,20 +321,20 @@ class TrajectoryStore:
             "group_size": traj.group_size, "temperature": traj.temperature,
             "expert": traj.is_expert, "policy_version": traj.policy_version,
             "created_at": traj.created_at, "seq": self._next_seq(txn), "members": []}
-        conflict = _group_conflict(record, traj)
+        conflict = group_conflict(record, traj)
         if conflict is not None:
             raise conflict
         if len(record["members"]) >= record["group_size"]:
             raise WireError("group_full", f"trajectory {traj.trajectory_id}: group "
                             f"{traj.group_id} already has its {record['group_size']} members")
         if packed is not None:
-            txn.delete(_order_key(record, gkey, consumed=False), db=self._db["order"])
+            txn.delete(order_key(record, gkey, consumed=False), db=self._db["order"])
         record["members"].append([traj.trajectory_id, traj.success, traj.policy_version])
         record["policy_version"] = min(record["policy_version"], traj.policy_version)
         record["created_at"] = min(record["created_at"], traj.created_at)
         txn.put(key, raw, db=self._db["traj"])
         txn.put(gkey, msgpack.packb(record), db=self._db["groups"])
-        txn.put(_order_key(record, gkey, consumed=False), gkey, db=self._db["order"])
+        txn.put(order_key(record, gkey, consumed=False), gkey, db=self._db["order"])
         if len(record["members"]) == record["group_size"]:
             txn.put(gkey, b"", db=self._db["complete"])
         return "stored"
@@ -372,8 +355,8 @@ class TrajectoryStore:
             packed = txn.get(gkey, db=self._db["groups"])
             if packed is not None:
                 record = msgpack.unpackb(packed)
-                txn.delete(_order_key(record, gkey, consumed=False), db=self._db["order"])
-                txn.put(_order_key(record, gkey, consumed=True), gkey, db=self._db["order"])
+                txn.delete(order_key(record, gkey, consumed=False), db=self._db["order"])
+                txn.put(order_key(record, gkey, consumed=True), gkey, db=self._db["order"])
 
     def _evict_txn(self, txn) -> None:
         """Drop whole groups, in order-key order, until at most ``capacity`` remain."""

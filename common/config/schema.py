@@ -67,8 +67,10 @@ class AlgoConfig:
     """episodes per group (one task and init state)"""
     temperature: float = setting(1.0, positive())
     """the actors' sampling temperature (> 0: RL needs samples that differ; greedy evaluation
-    is ``eval.temperatures``' 0). 1.0: the 7-bin tiny VLA samples as well as it acts greedily
-    on the built-in suite (T 1.6 blurred the 256-bin policy to 0 successes)"""
+    is ``eval.temperatures``' 0), and the one the learner trains at: records sampled at
+    another are refused by the store or set aside. 1.0: the 7-bin tiny VLA samples as well
+    as it acts greedily on the built-in suite (T 1.6 blurred the 256-bin policy to 0
+    successes)"""
     clip_low: float = setting(0.2, in_range(0, 1, open_high=True))
     """the policy ratio is clipped below at 1 - clip_low"""
     clip_high: float = setting(0.28, in_range(0))

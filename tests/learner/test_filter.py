@@ -129,28 +129,20 @@ def test_a_group_whose_records_no_longer_decode_is_quarantined(store):
     assert store.consumption_marks() == {bad: "quarantined"}
 
 
-def test_the_learner_screens_out_groups_it_cannot_collate(tmp_path):
-    from learner.filter import Selection
-    from learner.learner import finite_update, untrainable_groups
-
+def test_set_aside_groups_keep_their_own_reasons_and_the_rest_come_back(store):
     rng = np.random.default_rng(6)
-    with TrajectoryStore(str(tmp_path / "demos"), accept_expert=True) as demo_store:
-        ok = put_group(demo_store, rng, [True, False])
-        expert = put_group(demo_store, rng, [True, False], version=-1)
-        hot = put_group(demo_store, rng, [True, False])
-        groups = [demo_store.read_group(g) for g in (ok, expert, hot)]
-        infos = [demo_store.group_info(g) for g in (ok, expert, hot)]
-    for t in groups[2]:
-        t.temperature = 0.7
-    bad = untrainable_groups(Selection(groups=groups, infos=infos), adv_eps=1e-6)
-    assert sorted(bad) == sorted([expert, hot])
-    assert "expert" in bad[expert] and "temperature 0.7" in bad[hot]
-    assert untrainable_groups(Selection(groups=groups[:1], infos=infos[:1]), 1e-6) == {}
-    # a group declaring another action space than the policy's: its tokens would index past
-    # the logits (the gather crashes), so it is quarantined before any update
-    wider = untrainable_groups(Selection(groups=groups[:1], infos=infos[:1]), 1e-6,
-                               num_bins=groups[0][0].num_bins - 1)
-    assert list(wider) == [infos[0].group_id] and "bins" in wider[infos[0].group_id]
+    a, b, c = (put_group(store, rng, [True, False], task=f"spatial/{i}") for i in range(3))
+    flt = DynamicSamplingFilter(store, CFG)
+    sel = flt.poll(policy_version=10)
+    flt.set_aside(sel, {a: "temperature_mismatch", c: "shape_mismatch"})
+    assert store.consumption_marks() == {a: "temperature_mismatch", c: "shape_mismatch"}
+    report = flt.report()
+    assert report["dropped_temperature_mismatch"] == report["dropped_shape_mismatch"] == 1
+    assert flt.poll(policy_version=10, min_groups=1).group_ids == [b]
+
+
+def test_an_update_counts_as_trained_only_when_loss_and_grad_norm_are_finite():
+    from learner.learner import finite_update
     assert finite_update({"loss": 0.1, "grad_norm": 2.0})
     assert not finite_update({"loss": float("nan"), "grad_norm": 2.0})
     assert not finite_update({"loss": 0.1, "grad_norm": float("inf")})

@@ -18,7 +18,7 @@ from common.metrics import read_jsonl
 from common.synthetic import make_trajectory
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from learner.store import TrajectoryStore
-from tests.learner.helpers import micro_policy, sampled_group
+from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +42,7 @@ def learner_args(tmp: Path, **extra) -> list[str]:
     over = {"run_dir": tmp, "store.path": tmp / "store", "learner.checkpoint_dir": tmp / "ckpt",
             "model.preset": "micro", "model.num_bins": 256, "wandb": "false", "algo.group_size": 4,
             "algo.groups_per_batch": 2, "algo.micro_batch_size": 4, "algo.max_staleness": 100,
+            "algo.temperature": TEMPERATURE,    # what sampled_group samples at
             "learner.poll_s": 0.05,
             # nothing dials these here: the learner binds any free port (no race with a
             # port picked beforehand and taken meanwhile, e.g. by a rank's gloo socket)
