@@ -32,6 +32,8 @@ quarantined. Either way they are counted (``dropped_<reason>``), never trained o
 retried (also after a resume: the marks are in the checkpoints).
 ``mode=sync``: the weight publisher is paused while the learner updates, so actors hold
 their next round until the new version is out; only groups of the current version are used.
+Lineage: each version is recorded as published before it is, and groups of versions lost
+with a crash are marked ``fenced`` before the filter sees them (learner/lineage.py).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from common.transport.weight_publisher import WeightPublisher
 from learner.admission import training_declaration, untrainable_groups
 from learner.checkpoint import Checkpoint, save_checkpoint
 from learner.filter import DynamicSamplingFilter, Selection
+from learner.lineage import FENCED, FencedStore, Lineage
 from learner.ranks import effective_algo, send_command
 from learner.snapshots import SIGNAL, EnvStepCounter, budget_reason, save_snapshot
 from learner.store import TrajectoryStore
@@ -71,9 +74,11 @@ class Learner:
     """Owns the store handle, filter, publisher, heartbeat monitor and metrics of rank 0."""
 
     def __init__(self, cfg: PushcutConfig, trainer: Trainer, template: Any,
-                 stop: threading.Event, checkpoint: Checkpoint | None):
+                 stop: threading.Event, checkpoint: Checkpoint | None,
+                 lineage: Lineage | None = None):
         self.cfg, self.trainer, self.template, self.stop = cfg, trainer, template, stop
         lc = cfg.learner
+        self.lineage = lineage or Lineage.load(lc.checkpoint_dir)
         curve = CurveServerKeys(lc.curve_secret_key, lc.curve_authorized_dir) \
             if lc.curve_secret_key else None
         self.store = TrajectoryStore(cfg.store.path, cfg.store.capacity, cfg.store.map_size_mb,
@@ -85,7 +90,8 @@ class Learner:
         if lc.host_store:
             self.service = StoreService(cfg.store, store=self.store).start()
             self._closers.insert(0, self.service.stop)
-        self.filter = DynamicSamplingFilter(self.store, effective_algo(cfg))
+        self.filter = DynamicSamplingFilter(FencedStore(self.store, self.lineage, self._fenced),
+                                            effective_algo(cfg))
         self.declaration = training_declaration(template, cfg, trainer.policy_version)
         self.publisher = WeightPublisher(lc.weights_address, lc.announce_address,
                                          lc.weight_chunk_mb, curve=curve)
@@ -144,9 +150,10 @@ class Learner:
         send_command("state", self.trainer.device)
         self.model_sd = self.trainer.full_state_dict()
         self._declare()
-        self.publisher.publish(self.version, self.model_sd)
+        self._publish()
         self.metrics.log({"event": "start", "policy_version": self.version,
                           "resumed_from": self.resumed_from, "mode": self.cfg.mode,
+                          "fenced_versions": [list(r) for r in self.lineage.fenced],
                           "torch_threads": torch.get_num_threads()},
                          step=self.version)
         log.info("learner at policy_version %d (%s), %d rank(s), mode %s", self.version,
@@ -204,6 +211,19 @@ class Learner:
                                   "queue_groups": queued, **counters}, step=self.version)
         return None
 
+    def _publish(self) -> None:
+        """Publish the current version, durably recorded as published first (so that a
+        resumed learner never gives its number to other weights)."""
+        self.lineage.record_published(self.version)
+        self.publisher.publish(self.version, self.model_sd)
+
+    def _fenced(self, group_ids: list[str]) -> None:
+        """The filter's view of the store has marked these groups, of versions lost with a
+        crash (weights this learner does not have), consumed ``fenced``: count them."""
+        self.filter.dropped[FENCED] += len(group_ids)
+        log.warning("v%d: %d group(s) of lost versions fenced: %s", self.version,
+                    len(group_ids), ", ".join(group_ids[:5]))
+
     def _hold_actors_on_backlog(self) -> None:
         """mode=async with ``algo.max_backlog_batches``: pause the publisher (actors hold their
         next round) while the filter's backlog is that many batches or more, resume below."""
@@ -242,7 +262,7 @@ class Learner:
             self.filter.quarantine(selection, selection.group_ids)
         t1 = time.monotonic()
         self.model_sd = self.trainer.full_state_dict()
-        self.publisher.publish(self.version, self.model_sd)
+        self._publish()
         if sync:
             self.publisher.resume()
         t2 = time.monotonic()

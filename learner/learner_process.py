@@ -14,10 +14,12 @@ JSONL line per version in ``<run_dir>/learner.jsonl`` (and W&B, offline unless l
 Ranks: this process is rank 0 and does all I/O; ``learner.world_size - 1`` more ranks are
 spawned (one OS process each) and follow rank 0's commands over torch.distributed. On start
 the newest checkpoint is resumed automatically (weights, optimiser, version, consumption
-marks, RNG). ``learner.max_versions``: stop once policy_version reaches it (an absolute
-version, so a resumed run stops at the same place). SIGINT/SIGTERM: finish the update in
-progress, write a checkpoint, stop the other ranks, exit 0; a second signal leaves at once
-(no final checkpoint: a restart resumes from the last one).
+marks, RNG); versions published after that checkpoint are never published again with other
+weights: the resumed weights get the next unused number (learner/lineage.py).
+``learner.max_versions``: stop once policy_version reaches it (an absolute version, so a
+resumed run stops at the same place). SIGINT/SIGTERM: finish the update in progress, write a
+checkpoint, stop the other ranks, exit 0; a second signal leaves at once (no final
+checkpoint: a restart resumes from the last one).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import ctypes
 import json
 import logging
 import signal
+import sys
 import threading
 
 import torch
@@ -37,6 +40,7 @@ from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, setup_logging, unexpected_arguments
 from learner.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore_rng
 from learner.learner import Learner
+from learner.lineage import Lineage, LineageError
 from learner.ranks import effective_algo, follow
 from learner.trainer import Trainer, broadcast_bytes, free_port, init_process_group
 
@@ -82,6 +86,10 @@ def run_rank(rank: int, world_size: int, init_method: str, cfg_yaml: str,
         found = latest_checkpoint(cfg.learner.checkpoint_dir) if rank == 0 else None
         path = broadcast_bytes(str(found).encode() if found else b"", device).decode()
         ckpt = load_checkpoint(path) if path else None
+        # every rank counts from the version the resumed weights are published as
+        lineage = Lineage.load(cfg.learner.checkpoint_dir) if rank == 0 else None
+        start = lineage.resume(ckpt.policy_version if ckpt else None) if lineage else None
+        start = int(broadcast_bytes(str(start).encode() if lineage else None, device))
         policy = initial_policy(cfg, ckpt)
         template = copy.deepcopy(policy) if rank == 0 else None
         reference = None
@@ -89,14 +97,15 @@ def run_rank(rank: int, world_size: int, init_method: str, cfg_yaml: str,
             from common.models import build_policy
             reference = build_policy(cfg.model)
         trainer = Trainer(policy, effective_algo(cfg), cfg.learner, device,
-                          policy_version=ckpt.policy_version if ckpt else 0, reference=reference)
+                          policy_version=start, reference=reference)
         if ckpt is not None:
             trainer.load_state(None, ckpt.optimizer if rank == 0 else None)
             restore_rng(ckpt.rng["tensors"], ckpt.rng["states"])
         if rank > 0:
             follow(trainer)
             return {}
-        with Learner(cfg, trainer, template, stop or threading.Event(), ckpt) as learner:
+        with Learner(cfg, trainer, template, stop or threading.Event(), ckpt,
+                     lineage) as learner:
             return learner.run()
     finally:
         dist.destroy_process_group()
@@ -117,6 +126,11 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
         return USAGE_ERROR
     setup_logging()
     effective_algo(cfg)   # reject a bad mode before starting anything
+    try:
+        Lineage.load(cfg.learner.checkpoint_dir)   # and an unreadable record of versions
+    except LineageError as err:
+        print(f"pushcut learner: {err}", file=sys.stderr)
+        return 1
     world_size = max(1, cfg.learner.world_size)
     init_method = f"tcp://127.0.0.1:{free_port()}"
     cfg_yaml = cfg_to_yaml(cfg)

@@ -93,8 +93,9 @@ class WeightPublisher:
             while len(self._versions) > self.keep_versions:
                 self._versions.popitem(last=False)
         self._announce_now.set()
-        log.info("published policy_version %d (%.1f MB, %d chunks)", policy_version,
-                 len(blob) / 1e6, manifest.num_chunks)
+        # the digest names the weights: one version, one digest, across learner restarts
+        log.info("published policy_version %d (%.1f MB, %d chunks, sha256 %s)", policy_version,
+                 len(blob) / 1e6, manifest.num_chunks, manifest.sha256)
         return manifest
 
     def pause(self) -> None:

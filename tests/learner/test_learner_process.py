@@ -1,7 +1,7 @@
 """``pushcut learner`` as a real OS process over a real LMDB store: two FSDP ranks train and
 checkpoint; rank 0 SIGKILLed takes its follower rank with it; restarted (on one rank) it
-resumes at the checkpoint's version, never trains on a group twice, stops at
-learner.max_versions with a final checkpoint."""
+resumes from the checkpoint, publishing its weights past every version published before,
+never trains on a group twice, stops at learner.max_versions with a final checkpoint."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,7 @@ import pytest
 from common.metrics import read_jsonl
 from common.synthetic import make_trajectory
 from learner.checkpoint import latest_checkpoint, load_checkpoint
+from learner.lineage import Lineage
 from learner.store import TrajectoryStore
 from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
 from tests.waiting import wait_until
@@ -92,8 +93,12 @@ def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
     killed_at = max(r["policy_version"] for r in updates(tmp_path))
     resume_version = load_checkpoint(latest_checkpoint(tmp_path / "ckpt")).policy_version
     assert 2 <= resume_version <= killed_at
-    # phase 2: one rank, until version resume_version + 3
-    target = resume_version + 3
+    # versions published after the checkpoint are lost: the resumed weights get a new number
+    published = Lineage.load(tmp_path / "ckpt").published
+    assert published in (killed_at, killed_at + 1)      # logged, or killed just before
+    start = published + 1 if published > resume_version else resume_version
+    # phase 2: one rank, 3 more versions
+    target = start + 3
     args = learner_args(tmp_path, **{"learner.checkpoint_every": 2,
                                      "learner.max_versions": target, "learner.torch_threads": 1})
     proc = start_learner(args, tmp_path / "learner2.log")
@@ -103,10 +108,12 @@ def test_sigkilled_learner_resumes_and_never_trains_a_group_twice(tmp_path):
         proc.kill()
     starts = [r for r in read_jsonl(tmp_path / "learner.jsonl") if r["event"] == "start"]
     assert [s["resumed_from"] for s in starts] == [None, resume_version]
-    assert starts[1]["torch_threads"] == 1
+    assert starts[1]["policy_version"] == start and starts[1]["torch_threads"] == 1
+    assert starts[1]["fenced_versions"] == ([[resume_version + 1, published]]
+                                            if start > resume_version else [])
     rows = updates(tmp_path)
     second = [r for r in rows if r["time"] > starts[1]["time"]]
-    assert [r["policy_version"] for r in second] == list(range(resume_version + 1, target + 1))
+    assert [r["policy_version"] for r in second] == list(range(start + 1, target + 1))
     trained = [g for r in rows for g in r["group_ids"]]
     assert len(trained) == len(set(trained)), "a group was trained on twice"
     assert set(trained) <= set(all_groups)
