@@ -36,12 +36,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common.config.schema import PushcutConfig
+from common.config.schema import MODES, PushcutConfig
 from common.metrics import read_jsonl
 from deploy.run import start_children, stop_children
 from deploy.run_status import LearnerLog
 
-MODES = ("async", "sync")
 FIRST_UPDATE_TIMEOUT_S = 600.0
 
 

@@ -39,13 +39,12 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from common.calibration import calibrate
-from common.config.schema import PushcutConfig
+from common.config.schema import MODES, PushcutConfig
 from common.process import StopSignals
 from deploy.evaluator import eval_dir
 from deploy.roles import RoleCommand, config_overrides, literal as _literal, role_process
 from learner.snapshots import budget_spent, list_snapshots
 
-MODES = ("async", "sync")
 RECORD = "experiment.json"
 
 

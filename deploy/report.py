@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.calibration import Calibration
-from common.config.schema import PushcutConfig
+from common.config.schema import MODES, PushcutConfig
 from deploy.results import time_to_target, write_results
 from learner.snapshots import list_snapshots, read_snapshot_info
 
-MODES = ("async", "sync")
 DEFAULT_TARGET = 0.9
 
 

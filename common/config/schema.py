@@ -323,6 +323,11 @@ class PlacementConfig:
     """cores of ``pushcut run``'s snapshot evaluator"""
 
 
+MODES = ("async", "sync")
+"""the schedules a run can use; the experiment, the report and the pipeline benchmark
+compare them in this order"""
+
+
 @dataclass
 class PushcutConfig:
     """Root config. ``mode``: async (default) or sync (the paper's lock-step schedule).
@@ -332,7 +337,7 @@ class PushcutConfig:
     """where a run's files go"""
     seed: int = 0
     """the run's seed"""
-    mode: str = setting("async", one_of("async", "sync"))
+    mode: str = setting("async", one_of(*MODES))
     """async | sync (the paper's lock-step schedule, for comparison)"""
     num_actors: int = setting(2, at_least(1))
     """rollout actors started by the launchers"""
