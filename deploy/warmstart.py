@@ -30,9 +30,11 @@ from typing import Any
 
 from rich.console import Console
 
+from common.calibration import calibrate
 from common.config.schema import PushcutConfig
 from common.process import USAGE_ERROR, StopSignals, unexpected_arguments
 from deploy.roles import config_overrides, override, run_step
+from deploy.start_policy import evaluate_alone, rates
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "warmstart" / "tabletop_tiny_vla"
 MANIFEST = "warmstart.json"
@@ -132,7 +134,6 @@ def golden_tokens(policy: Any, instructions: list[str]) -> list[list[int]]:
 def evaluate(cfg: PushcutConfig, checkpoint: Path, out: Path, log_dir: Path,
              console: Console, signals: StopSignals) -> dict[str, float]:
     """Held-out success of ``checkpoint``, greedy and at algo.temperature -> {T: rate}."""
-    from deploy.start_policy import evaluate_alone, rates
     if not (out / "eval.json").exists():
         evaluate_alone(cfg, str(checkpoint), out, [0.0, cfg.algo.temperature],
                        cfg.eval.episodes_per_task, log_dir, console, signals,
@@ -144,7 +145,6 @@ def main(cfg: PushcutConfig, args: list[str], overrides: list[str] = ()) -> int:
     """``pushcut warmstart [DIR] [key=value ...]``."""
     if len(args) > 1 and unexpected_arguments("warmstart", args[1:], expected="one DIR"):
         return USAGE_ERROR
-    from common.calibration import calibrate
     target = Path(args[0]) if args else SHIPPED
     console = Console(stderr=True)
     work = Path(cfg.run_dir).resolve() / "warmstart"

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -68,9 +67,6 @@ BAD = [
     (["store.curve_secret_key={tmp}/a-file"], "store.curve_secret_key"),     # not a key
     (["learner.curve_authorized_dir={tmp}"], "learner.curve_authorized_dir"),  # no secret
 ]
-# a few seconds: the model check imports torch and the model's config (2-3 s on an idle
-# machine); the margin is for a machine whose cores are busy with other work
-CHECK_WITHIN_S = 15.0
 
 
 def _mentioning(text: str) -> list[int]:
@@ -92,14 +88,11 @@ def test_a_bad_setting_is_one_line_and_exit_2_with_nothing_started(tmp_path, bad
     args += [b.format(tmp=tmp_path) for b in bad]
     if not any(b.startswith("num_actors=") for b in bad):
         args.append("num_actors=2")
-    t0 = time.monotonic()
     done = subprocess.run(**run_command(args), capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - t0
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(lines) == 1 and lines[0].startswith("pushcut run: "), done.stderr
     assert key in lines[0] and ("must" in lines[0] or "keeps it" in lines[0]), lines[0]
-    assert elapsed < CHECK_WITHIN_S, f"took {elapsed:.1f}s"
     assert not run_dir.exists(), "the run wrote into its run_dir"
     assert _mentioning(str(run_dir)) == [], "a child process was started"
 
