@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from common.config.rules import at_least, in_range, one_of, positive, setting
+from common.config.rules import at_least, in_range, not_above, one_of, positive, setting
 
 
 @dataclass
@@ -134,10 +134,7 @@ class RestartIntensity:
     """the longest wait before a restart"""
 
     def joint_problems(self, prefix: str) -> list[str]:
-        if self.backoff_s <= self.max_backoff_s:
-            return []
-        return [f"{prefix}backoff_s={self.backoff_s!r}, {prefix}max_backoff_s="
-                f"{self.max_backoff_s!r}: must satisfy backoff_s <= max_backoff_s"]
+        return not_above(self, prefix, "backoff_s", "max_backoff_s")
 
 
 @dataclass

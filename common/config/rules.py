@@ -21,7 +21,7 @@ import re
 from typing import Any, Callable, Optional
 
 __all__ = ["Rule", "setting", "redefault", "at_least", "positive", "in_range", "one_of",
-           "address", "tcp_port", "tcp_parts", "problems", "ConfigError"]
+           "address", "tcp_port", "tcp_parts", "not_above", "problems", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -137,6 +137,15 @@ def redefault(base: type, name: str, default: Any) -> Any:
     subclass that changes a default)."""
     (f,) = [f for f in dataclasses.fields(base) if f.name == name]
     return dataclasses.field(default=default, metadata=f.metadata)
+
+
+def not_above(section: Any, prefix: str, low: str, high: str) -> list[str]:
+    """A ``joint_problems`` rule: field ``low`` of ``section`` must not exceed field
+    ``high`` -> one problem line, or none."""
+    a, b = getattr(section, low), getattr(section, high)
+    if a <= b:
+        return []
+    return [f"{prefix}{low}={a!r}, {prefix}{high}={b!r}: must satisfy {low} <= {high}"]
 
 
 def problems(cfg: Any, prefix: str = "") -> list[str]:

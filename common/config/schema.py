@@ -19,7 +19,7 @@ from common.config.commands import BenchConfig, DemosConfig, EvalConfig, RunConf
 from common.config.endpoints import client_address, default_ports, port_table, server_address
 from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
 from common.config.rules import (
-    ConfigError, at_least, in_range, one_of, positive, problems, setting,
+    ConfigError, at_least, in_range, not_above, one_of, positive, problems, setting,
 )
 
 __all__ = [
@@ -114,10 +114,7 @@ class AlgoConfig:
     the learner meanwhile (None: never hold)"""
 
     def joint_problems(self, prefix: str) -> list[str]:
-        if self.success_lo <= self.success_hi:
-            return []
-        return [f"{prefix}success_lo={self.success_lo!r}, {prefix}success_hi="
-                f"{self.success_hi!r}: must satisfy success_lo <= success_hi"]
+        return not_above(self, prefix, "success_lo", "success_hi")
 
 
 @dataclass
