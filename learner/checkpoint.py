@@ -96,7 +96,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> Non
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -111,7 +112,7 @@ def _fsync_tree(root: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     for d in [*[p for p in root.rglob("*") if p.is_dir()], root]:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def publish_dir(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
@@ -128,7 +129,7 @@ def publish_dir(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from learner.checkpoint import fsync_dir
+
 if TYPE_CHECKING:
     from learner.store import GroupInfo, TrajectoryStore
 
@@ -93,11 +95,7 @@ def _write_durably(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _parse(path: Path, text: str) -> tuple[int | None, list[tuple[int, int]]]:
