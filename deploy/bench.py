@@ -5,6 +5,7 @@ first and kept beside them, so that a figure can be mapped to another machine.""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ BENCHMARKS = {
     "actor": ("actors.bench.actor:run",
               "full actor env steps/s vs the slower of bare env stepping and bare inference"),
     "learner": ("learner.bench.update:run", "learner tokens/s for one RL micro-batch"),
+    "update": ("learner.bench.phases:run",
+               "one configured learner update, phase by phase, vs the bare step and the calibration"),
     "policy": ("actors.bench.policy:run", "policy action-chunks/s and memory by batch size"),
     "libero": ("actors.bench.libero:run", "LIBERO worker step/reset time per core and RSS vs LIBERO's own env"),
     "pipeline": ("deploy.bench_pipeline:run",
@@ -36,7 +39,10 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     module, func = BENCHMARKS[args[0]][0].split(":")
     calibration = calibrate()      # before the benchmark, while the cores are quiet
     print(f"machine: {calibration.line()}", flush=True)
-    figures = {**getattr(importlib.import_module(module), func)(cfg),
+    bench = getattr(importlib.import_module(module), func)
+    # a benchmark that rates itself against the machine takes the calibration too
+    takes = "calibration" in inspect.signature(bench).parameters
+    figures = {**(bench(cfg, calibration=calibration) if takes else bench(cfg)),
                "calibration": calibration.to_dict()}
     if cfg.bench.out:
         Path(cfg.bench.out).parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ class Point:
     ci95: list[float] | None = None
     family_ci95: dict[str, list[float]] = field(default_factory=dict)
     outcomes: dict[str, list[int]] = field(default_factory=dict)   # task -> per episode
+    per_task: dict[str, float] = field(default_factory=dict)
     env_steps_trained: int = 0   # of env_steps, those in groups the learner trained on
 
     @property
@@ -86,15 +87,17 @@ def greedy_summary(results: dict) -> dict:
 
 
 def read_eval(path: Path) -> tuple | None:
-    """``<dir>/eval.json`` -> (average, per_family, ci95, family_ci95, outcomes per task),
-    the last three empty for an eval.json written without them; None if not evaluated."""
+    """``<dir>/eval.json`` -> (average, per_family, ci95, family_ci95, outcomes per task,
+    success per task), the last four empty for an eval.json written without them; None if
+    not evaluated."""
     file = path / "eval.json"
     if not file.exists():
         return None
     s = greedy_summary(json.loads(file.read_text()))
     return (float(s["average"]), {k: float(v) for k, v in s["per_family"].items()},
             s.get("ci95"), s.get("family_ci95", {}),
-            {t: v["outcomes"] for t, v in s["per_task"].items() if "outcomes" in v})
+            {t: v["outcomes"] for t, v in s["per_task"].items() if "outcomes" in v},
+            {t: float(v["success_rate"]) for t, v in s.get("per_task", {}).items()})
 
 
 def read_curve(rl: Path, mode: str, sft: Point | None) -> Curve:
@@ -182,6 +185,27 @@ def family_rows(result: ExperimentResult) -> list[list[str]]:
     return rows
 
 
+LOST = 0.2   # a task whose end is this far below its best snapshot was learned, then lost
+
+
+def task_rows(result: ExperimentResult, mode: str) -> list[list[str]]:
+    """Per task of one mode: SFT, the best snapshot (and its version), the end, and whether
+    the end lies ``LOST`` or more below the best (forgetting, which the family averages
+    hide: one task can fall while its siblings rise)."""
+    curve = result.curves[mode]
+    snaps = [p for p in curve.points if p is not result.sft]
+    tasks = sorted({t for p in snaps for t in p.per_task})
+    rows = []
+    for task in tasks:
+        best = max(snaps, key=lambda p: p.per_task.get(task, -1.0))
+        top, end = best.per_task.get(task), curve.final.per_task.get(task)
+        sft = result.sft.per_task.get(task) if result.sft else None
+        lost = top is not None and end is not None and end <= top - LOST
+        rows.append([task, pct(sft), f"{pct(top)} (v{best.policy_version})", pct(end),
+                     "**lost**" if lost else ""])
+    return rows
+
+
 def speed_rows(result: ExperimentResult, target: float | None) -> list[list[str]]:
     """Rows of wall time, versions, env steps, time/steps to target: async, sync, ratio."""
     curves = [result.curves[m] for m in MODES if m in result.curves]
@@ -230,6 +254,12 @@ def experiment_markdown(result: ExperimentResult, wanted: float) -> str:
     parts += ["", f"Target {pct(target)} ({how}):" if target is not None else f"{how}:", "",
               markdown_table(["", *present, " / ".join(present) if len(present) == 2
                               else "ratio"], speed_rows(result, target))]
+    for mode in modes:
+        rows = task_rows(result, mode)
+        if rows:
+            parts += ["", f"Per task, {mode} (lost: the end {100 * LOST:.0f} points or more "
+                          "below the best snapshot):", "",
+                      markdown_table(["task", "SFT", "best (version)", "end", ""], rows)]
     incomplete = [m for m, c in result.curves.items() if not c.complete]
     if incomplete:
         parts += ["", f"Incomplete RL run(s), budget not spent: {', '.join(incomplete)}."]

@@ -24,7 +24,8 @@ Order of work in ``update`` (see learner/loss.py for the objective):
 5. statistics: the last epoch's loss terms, the exact entropy, ``grad_cosine``, the
    cosine between the gradients of the two halves of the first step's micro-batches (one
    rank only): the gradient's signal-to-noise, near 0 when trajectories disagree, and the
-   seconds of the no-grad passes (``proximal_s``) and of the gradient steps (``steps_s``).
+   seconds of the no-grad passes (``proximal_s``), of the gradient steps (``steps_s``) and of
+   each optimiser step in order (``mini_batch_s``, epochs x mini-batches).
 
 The policy runs in eval mode (no dropout) here, as on the actors: the learner's log-probs
 must be those of the distribution the actors sampled from.
@@ -127,14 +128,16 @@ class GRPO:
         ref = ([self._no_grad_log_probs(p, self.reference) for p, _ in parts]
                if cfg.kl_coef != 0 else None)
         t1 = time.perf_counter()
-        grad_cosine = None
+        grad_cosine, step_times = None, []
         for epoch in range(cfg.epochs_per_batch):
             sums: dict[str, torch.Tensor] = {}
             for m in range(steps):
                 window = slice(m * size, (m + 1) * size)
+                t_step = time.perf_counter()
                 part_sums, grad_norm, cosine, logps = self._step(
                     parts[window], weights[window], proximal[window],
                     ref[window] if ref else None, scale=float(steps))
+                step_times.append(time.perf_counter() - t_step)
                 if epoch == m == 0:
                     proximal[window], grad_cosine = logps, cosine
                 for k, v in part_sums.items():
@@ -143,7 +146,7 @@ class GRPO:
         stats = self._reduce(sums, batch)
         stats.update(grad_norm=grad_norm, micro_batches=count, epochs=cfg.epochs_per_batch,
                      mini_batches=steps, grad_cosine=grad_cosine,
-                     proximal_s=t1 - t0, steps_s=t2 - t1)
+                     proximal_s=t1 - t0, steps_s=t2 - t1, mini_batch_s=step_times)
         self.policy_version += 1
         stats["policy_version"] = self.policy_version
         return stats

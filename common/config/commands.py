@@ -114,6 +114,8 @@ class BenchConfig:
     """ingest-bad: trajectories per second the valid sender offers, evenly spaced"""
     ingest_bad_every_s: float = setting(5.0, positive())
     """ingest-bad: the second sender sends its 12 MB bad record this often"""
+    compile: bool = False
+    """update: also measure the update with the policy's forward under ``torch.compile``"""
 
 
 @dataclass

@@ -33,12 +33,20 @@ from rich.table import Table
 from common.config import PushcutConfig
 from common.models.policy import ObsBatch
 from common.synthetic import make_trajectory
+from common.wire.trajectory import Trajectory
 from learner.batch import Batch, collate
 from learner.grpo import GRPO, make_optimizer
 
 
 def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator,
                length: int | None = None, trajectories: int | None = None) -> Batch:
+    """The collated :func:`make_groups`."""
+    return collate(make_groups(policy, cfg, rng, length, trajectories))
+
+
+def make_groups(policy, cfg: PushcutConfig, rng: np.random.Generator,
+                length: int | None = None, trajectories: int | None = None
+                ) -> list[list[Trajectory]]:
     """``trajectories`` (default ``algo.micro_batch_size``) trajectories of ``length`` steps
     (default ``env.max_steps``, else 120) in groups of ``algo.group_size`` (at least 2),
     mixed outcomes, tokens and log-probs sampled from ``policy``."""
@@ -61,7 +69,7 @@ def make_batch(policy, cfg: PushcutConfig, rng: np.random.Generator,
             t.temperature = cfg.algo.temperature
             group.append(t)
         groups.append(group)
-    return collate(groups)
+    return groups
 
 
 def bare_step(policy, batch: Batch, optimizer, device: torch.device | str = "cpu"):

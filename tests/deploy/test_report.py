@@ -169,3 +169,18 @@ def test_compare_pairs_two_evaluations_and_refuses_other_states(tmp_path, capsys
     assert compare_main(None, [str(tmp_path / "before"), str(tmp_path / "after")]) == 2
     assert "different initial states" in capsys.readouterr().out
     assert compare_main(None, [str(tmp_path / "before")]) == 2
+
+
+def test_per_task_table_marks_a_task_learned_then_lost(tmp_path):
+    exp = tmp_path / "exp"
+    write_eval(exp / "eval_sft", {"spatial": 0.3, "object": 0.2})
+    # object peaks at version 20 and falls back by 40 points; spatial falls by 10 only
+    write_rl(exp / "rl_async", "async", [(10, 300.0, 20_000, 0.5, 0.5),
+                                         (20, 600.0, 40_000, 0.9, 0.9),
+                                         (30, 900.0, 60_000, 0.8, 0.5)])
+    _, _, text = write_report([exp], 0.9, None)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    # task: SFT, best (version), end, lost?
+    assert rows["object/0"] == ["20%", "90% (v20)", "50%", "**lost**"]
+    assert rows["spatial/1"] == ["30%", "90% (v20)", "80%", ""]
