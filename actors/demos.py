@@ -1,5 +1,6 @@
 """``pushcut demos``: record scripted-expert demonstrations for SFT, on a simulator whose
-registry entry names an expert (the tabletop suite).
+registry entry names an expert (the tabletop suite's scripted experts, ManiSkill's motion
+planners; a simulator with its own interpreter records there).
 
 In: the config's env (``env.suite`` / ``env.tasks`` pick the tasks), ``demos.obs_stride`` S,
 ``demos.per_task``, ``demos.noise`` (gaussian std on the expert's actions), ``demos.label``,
@@ -22,10 +23,13 @@ Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +57,11 @@ def chunk_episode(actions: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.
 
 
 def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int,
-                trajectory_id: str, label: str = "executed", num_bins: int = 0) -> Trajectory:
+                trajectory_id: str, label: str = "executed", num_bins: int = 0
+                ) -> Trajectory | None:
     """Run ``expert`` on its env from (task, init_state_id) to the end of the episode;
-    observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``). ``label``:
+    None when the expert gives up (its ``act()`` returns None: a motion plan that failed).
+    Observe (render) only before env steps 0, S, 2S, ... (S = ``obs_stride``). ``label``:
     record the executed (noisy) actions or the expert's ``clean_action``s. ``num_bins``: the
     record's declared action bins (the model's ``num_bins``; 0: not tokenised)."""
     start = time.perf_counter()
@@ -63,10 +69,12 @@ def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int
     images, proprio, actions = [], [], []
     done, success = False, False
     while not done:
+        action = expert.act()
+        if action is None:      # the expert gave up (a motion plan that failed)
+            return None
         if len(actions) % obs_stride == 0:
             images.append(obs["images"])
             proprio.append(obs["proprio"])
-        action = expert.act()
         result = env.step(action, render=(len(actions) + 1) % obs_stride == 0)
         actions.append(expert.clean_action if label == "clean" else action)
         obs, done, success = result.obs, result.done, result.success
@@ -83,7 +91,7 @@ def record_demo(env, expert, spec: TaskSpec, init_state_id: int, obs_stride: int
         created_at=time.time(), timings={"env_s": time.perf_counter() - start})
 
 
-def main(cfg: PushcutConfig, args: list[str]) -> int:
+def main(cfg: PushcutConfig, args: list[str], overrides: Sequence[str] = ()) -> int:
     if args:
         print(f"pushcut demos: no positional arguments expected, got {args}")
         return 2
@@ -91,6 +99,15 @@ def main(cfg: PushcutConfig, args: list[str]) -> int:
     if problem:
         print(f"pushcut demos: {problem}")
         return 2
+    try:
+        there = env_spec(cfg.env.name).elsewhere()
+    except RuntimeError as exc:     # its interpreter is not set up
+        print(f"pushcut demos: {exc}")
+        return 2
+    if there:   # the expert drives the simulator in-process: record in its interpreter
+        python, environ = there
+        return subprocess.run([python, "-m", "deploy.cli", "demos", *overrides],
+                              env={**os.environ, **environ}).returncode
     out = Path(cfg.demos.out)
     if (out / "index.jsonl").exists():
         print(f"pushcut demos: {out} already holds a dataset; choose another demos.out "
@@ -145,7 +162,7 @@ def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict
         tid = f"demo-{spec.task_id.replace('/', '-')}-s{init_state_id}-a{attempt}"
         traj = record_demo(env, expert, spec, init_state_id, cfg.demos.obs_stride, tid,
                            cfg.demos.label, num_bins=cfg.model.num_bins)
-        if not traj.success:
+        if traj is None or not traj.success:
             stat["failed"] += 1
             continue
         write_trajectory(cfg.demos.out, traj)

@@ -166,9 +166,11 @@ class SubprocessWorker:
     def __init__(self, env_cfg: Any, seed: int, *, start_timeout_s: float = 120.0,
                  reply_timeout_s: float = 600.0, send_timeout_s: float = 30.0,
                  wait: bool = True, context: zmq.Context | None = None,
-                 cpus: Sequence[int] = (), fifo: bool = False):
+                 cpus: Sequence[int] = (), fifo: bool = False,
+                 interpreter: tuple[str, dict[str, str]] | None = None):
         self.cpus = tuple(cpus)   # cores of the child process; empty: the parent's
         self.fifo = fifo          # SCHED_FIFO: chunks on a shared core in arrival order
+        self.interpreter = interpreter   # (python, environ) of the simulator's own; None: ours
         self._cfg_json = json.dumps(env_cfg if isinstance(env_cfg, dict) else asdict(env_cfg))
         self.seed = seed
         self._ctx = context or zmq.Context.instance()
@@ -188,8 +190,10 @@ class SubprocessWorker:
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(self.address)
-        self.proc = subprocess.Popen([sys.executable, "-m", "actors.env_worker",
-                                      self.address, self._cfg_json, str(self.seed)])
+        python, environ = self.interpreter or (sys.executable, {})
+        self.proc = subprocess.Popen([python, "-m", "actors.env_worker", self.address,
+                                      self._cfg_json, str(self.seed)],
+                                     env={**os.environ, **environ} if environ else None)
         if self.cpus:   # set from here, before the child's imports start any thread
             os.sched_setaffinity(self.proc.pid, self.cpus)
         if self.fifo:
@@ -361,12 +365,16 @@ def make_workers(env_cfg: Any, num_envs: int, seed: int, use_subprocess: bool, *
     spec = env_spec(env_cfg.name)
     num_envs = spec.count_workers(num_envs, available_bytes,
                                   force or bool(getattr(env_cfg, "force_workers", False)))
-    if use_subprocess or spec.subprocess_workers:
+    interpreter = spec.elsewhere()
+    if use_subprocess or spec.subprocess_workers or interpreter:
         workers: list = []
         try:
             for i in range(num_envs):   # start all, then wait: the imports overlap
+                # another interpreter imports its own torch and simulator first: minutes
+                # on a busy machine, so its hello may take longer
                 workers.append(SubprocessWorker(env_cfg, seed * 1000 + i, wait=False,
-                                                  cpus=cpus, fifo=fifo))
+                                                  cpus=cpus, fifo=fifo, interpreter=interpreter,
+                                                  start_timeout_s=600.0 if interpreter else 120.0))
             for w in workers:
                 w.wait_ready()
         except BaseException:

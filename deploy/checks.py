@@ -159,6 +159,10 @@ def check_env(cfg: PushcutConfig) -> list[str]:
         found.append(f"env.suite={env.suite!r}: must be one of {', '.join(spec.suites)}")
     if spec.layouts is not None and env.layout not in spec.layouts:
         found.append(f"env.layout={env.layout!r}: must be one of {', '.join(spec.layouts)}")
+    try:
+        spec.elsewhere()        # a simulator in its own interpreter: is it set up?
+    except RuntimeError as exc:
+        found.append(f"env.name={env.name!r}: {exc}")
     known = spec.known_tasks_text()
     for task in env.tasks:
         if not spec.task_known(task):

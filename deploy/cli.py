@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("deploy.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
     "compare": ("deploy.results:compare_main", "two evaluations side by side, paired McNemar test"),
     "report": ("deploy.report:main", "learning curves (PNG) and tables from run directories"),
-    "setup": ("actors.envs.libero_setup:main", "setup libero: install and verify the real LIBERO assets"),
+    "setup": ("actors.envs.setup:main", "setup libero | maniskill: install and check a simulator"),
     "keys": ("common.transport.curve:main", "generate CurveZMQ key pairs"),
     "deploy": ("deploy.ray_launch:main", "place store, learner and N actors on a Ray cluster"),
     "soak": ("deploy.soak:main", "run the whole system for a set time, report RSS and store size"),

@@ -96,11 +96,12 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-def cache_dir() -> Path:
+def cache_dir(name: str = "libero") -> Path:
+    """``$PUSHCUT_CACHE_DIR/<name>`` (default ``~/.cache/pushcut/<name>``)."""
     if os.environ.get("PUSHCUT_CACHE_DIR"):
-        return Path(os.environ["PUSHCUT_CACHE_DIR"]) / "libero"
+        return Path(os.environ["PUSHCUT_CACHE_DIR"]) / name
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pushcut" / "libero"
+    return Path(base) / "pushcut" / name
 
 
 def libero_config_dir() -> Path:
@@ -126,16 +127,17 @@ def missing_requirements() -> list[str]:
     return specs
 
 
-def run_pip(args: list[str], what: str) -> None:
-    """``sys.executable -m pip <args>``; pip's own output (and progress) goes to the terminal."""
-    cmd = [sys.executable, "-m", "pip", *args]
+def run_pip(args: list[str], what: str, python: str = sys.executable,
+            again: str = "pushcut setup libero") -> None:
+    """``python -m pip <args>``; pip's own output (and progress) goes to the terminal."""
+    cmd = [python, "-m", "pip", *args]
     try:
         rc = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
     except OSError as exc:
         raise SetupError(f"could not run pip while {what}: {exc}") from None
     if rc != 0:
         raise SetupError(f"pip failed (exit {rc}) while {what}: {' '.join(cmd)}\n"
-                         "Check the network or package index, then run `pushcut setup libero` "
+                         f"Check the network or package index, then run `{again}` "
                          "again (finished steps are not repeated).")
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
-from common.config.envs import EnvConfig, LiberoEnvConfig, TabletopEnvConfig
+from common.config.envs import EnvConfig, LiberoEnvConfig, ManiSkillEnvConfig, TabletopEnvConfig
 
 Ref = Union[str, Callable[..., Any]]   # "module:attr", or the object itself
 
@@ -62,6 +64,11 @@ def camera_views(env_cfg: Any) -> int:
     return 2 if env_cfg.wrist_camera else 1
 
 
+def one_view(env_cfg: Any) -> int:
+    """A single camera, whatever ``env.wrist_camera`` says."""
+    return 1
+
+
 def config_image_size(env_cfg: Any) -> int:
     """Frames come out at ``env.image_size`` pixels a side (whatever the render size)."""
     return int(env_cfg.image_size)
@@ -102,6 +109,12 @@ class EnvSpec:
     expert: Optional[Ref] = None
     """a scripted expert, ``Expert(env, noise=, seed=)`` with ``act()`` and
     ``clean_action`` (``pushcut demos`` records it); None: no expert"""
+    setup: Optional[Ref] = None
+    """``main(cfg, args)`` of ``pushcut setup <name>``; None: nothing to set up"""
+    interpreter: Optional[Ref] = None
+    """``() -> (python, environ)``: the interpreter the simulator runs in and the variables
+    it needs, for a simulator whose packages cannot share pushcut's environment (its envs
+    then live in subprocess env workers); None: this interpreter"""
 
     def make(self, env_cfg: Any, seed: int = 0) -> Any:
         """The TaskEnv for ``env_cfg`` (imports the simulator). A config of another class
@@ -128,6 +141,16 @@ class EnvSpec:
         if self.worker_count is None:
             return requested
         return int(resolve(self.worker_count)(requested, available_bytes, force))
+
+    def elsewhere(self) -> Optional[tuple[str, dict[str, str]]]:
+        """(python, environ) of the simulator's own interpreter when this is not it; None
+        when the simulator runs here."""
+        if self.interpreter is None:
+            return None
+        python, environ = resolve(self.interpreter)()
+        here = os.path.realpath(sys.prefix)
+        return None if os.path.realpath(os.path.dirname(os.path.dirname(python))) == here \
+            else (python, environ)
 
     def expert_class(self) -> Optional[type]:
         return None if self.expert is None else resolve(self.expert)
@@ -181,7 +204,17 @@ register_env(EnvSpec(
     task_check="actors.envs.libero:is_task_id", task_format="<suite>/<index>",
     suites=LazyNames("actors.envs.libero:SUITES"),
     # 2-3 GB an env: each in its own process, as many as fit in the memory free now
-    subprocess_workers=True, worker_count="actors.env_workers:libero_worker_count"))
+    subprocess_workers=True, worker_count="actors.env_workers:libero_worker_count",
+    setup="actors.envs.libero_setup:main"))
+register_env(EnvSpec(
+    "maniskill", "actors.envs.maniskill:ManiSkillEnv", ManiSkillEnvConfig,
+    families=LazyNames("actors.envs.maniskill_tasks:FAMILIES"),
+    tasks=LazyNames("actors.envs.maniskill_tasks:TASKS"),
+    suites=LazyNames("actors.envs.maniskill_tasks:SUITES"),
+    # mani-skill pins gymnasium 0.29 and numpy < 2: its own interpreter, behind env workers
+    subprocess_workers=True, interpreter="actors.envs.maniskill_setup:interpreter",
+    views=one_view, proprio_dim=11,   # TCP pose (6), fingers (2), goal position (3)
+    setup="actors.envs.maniskill_setup:main", expert="actors.envs.maniskill_expert:Planner"))
 register_env(EnvSpec(
     "probe", "actors.envs.probe:ProbeEnv", EnvConfig,
     families=("probe",), tasks=LazyNames("actors.envs.probe:PROBES")))

@@ -13,9 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from common.config.rules import at_least, in_range, redefault, setting
+from common.config.rules import at_least, in_range, one_of, redefault, setting
 
-__all__ = ["EnvConfig", "TabletopEnvConfig", "LiberoEnvConfig", "ENV_OPTIONS", "env_config"]
+__all__ = ["EnvConfig", "TabletopEnvConfig", "LiberoEnvConfig", "ManiSkillEnvConfig",
+           "ENV_OPTIONS", "env_config"]
 
 
 @dataclass
@@ -75,10 +76,31 @@ class LiberoEnvConfig(EnvConfig):
     """start one env worker even when none fits in free memory (2-3 GB each)"""
 
 
+@dataclass
+class ManiSkillEnvConfig(EnvConfig):
+    """ManiSkill3's asset-free Panda tabletop tasks on SAPIEN 3 (actors/envs/maniskill.py),
+    run in the interpreter that ``pushcut setup maniskill`` makes."""
+    name: str = "maniskill"
+    suite: str = "cubes"
+    """cubes (PickCube, PushCube, StackCube, PullCube, PokeCube) | planned (the tasks with a
+    motion planner for ``pushcut demos``) | all"""
+    image_size: int = setting(128, at_least(16))
+    """camera side in pixels; the camera renders at this size (no resize)"""
+    num_train_init_states: int = redefault(EnvConfig, "num_train_init_states", 1000)
+    """training episode seeds are [0, num_train); every seed is a fresh random layout"""
+    num_heldout_init_states: int = redefault(EnvConfig, "num_heldout_init_states", 50)
+    """held-out episode seeds follow the training ones, disjoint from them"""
+    sim_backend: str = setting("physx_cpu", one_of("physx_cpu", "physx_cuda"))
+    """SAPIEN physics: physx_cpu, or physx_cuda on a GPU"""
+    render_backend: str = setting("cpu", one_of("cpu", "gpu"))
+    """SAPIEN renderer: cpu (Vulkan on Mesa's lavapipe) or gpu (the GPU's Vulkan driver)"""
+
+
 # the env group's options (``env=NAME``), one line per simulator; the probe tasks read only
 # the fields every simulator has
 ENV_OPTIONS: dict[str, type[EnvConfig]] = {
-    "tabletop": TabletopEnvConfig, "libero": LiberoEnvConfig, "probe": EnvConfig}
+    "tabletop": TabletopEnvConfig, "libero": LiberoEnvConfig, "maniskill": ManiSkillEnvConfig,
+    "probe": EnvConfig}
 
 
 def env_config(fields: dict[str, Any]) -> EnvConfig:

@@ -19,6 +19,7 @@ GIB = 1 << 30
 # each simulator's own statement of its proprio length
 PROPRIO_DIMS = {"tabletop": "actors.envs.tabletop.env:PROPRIO_DIM",
                 "libero": "actors.envs.libero:PROPRIO_DIM",
+                "maniskill": "actors.envs.maniskill:PROPRIO_DIM",
                 "probe": "actors.envs.probe:PROPRIO_DIM"}
 
 
@@ -27,13 +28,14 @@ def test_the_specs_are_read_without_importing_any_simulator():
             "specs = [env_spec(n) for n in env_names()]\n"
             "print(sorted(s.name for s in specs))\n"
             "print([m for m in ('mujoco', 'robosuite', 'libero', 'actors.envs.tabletop', "
-            "'actors.envs.libero', 'actors.envs.probe', 'torch') if m in sys.modules])")
+            "'actors.envs.libero', 'actors.envs.probe', 'actors.envs.maniskill', "
+            "'mani_skill', 'sapien', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True).stdout.splitlines()
-    assert out == ["['libero', 'probe', 'tabletop']", "[]"]
+    assert out == ["['libero', 'maniskill', 'probe', 'tabletop']", "[]"]
 
 
-@pytest.mark.parametrize("name", ["tabletop", "libero", "probe"])
+@pytest.mark.parametrize("name", ["tabletop", "libero", "maniskill", "probe"])
 def test_every_spec_is_complete(name):
     from actors.envs.registry import resolve
     spec = env_spec(name)
