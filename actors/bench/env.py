@@ -1,7 +1,9 @@
-"""``pushcut bench env``: env steps/s per process of an in-process simulator (``env.name``,
-the tabletop suite by default), with and without rendering, with 1 and 2 processes
+"""``pushcut bench env``: env steps/s per process of a simulator (``env.name``, the tabletop
+suite by default), with and without rendering, with 1 and 2 processes
 (``bench.processes``), against the standalone limits measured in the same run (the tabletop
-suite's bare MuJoCo physics and renders; other simulators report steps/s alone).
+suite's bare MuJoCo physics and renders, ManiSkill's bare SAPIEN steps and renders; other
+simulators report steps/s alone). A simulator with its own interpreter (ManiSkill) is
+measured in that interpreter.
 
 In: ``cfg.env`` (image size, wrist camera, tasks), ``cfg.model.chunk_size`` C,
 ``cfg.bench.seconds`` (split evenly over the measurements), ``cfg.bench.processes``.
@@ -16,8 +18,13 @@ Run: ``pushcut bench env`` (``bench.processes=[1,2] bench.seconds=30``).
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 from rich.console import Console
@@ -78,7 +85,8 @@ def measure(env_cfg: EnvConfig, processes: int, seconds: float, render_every: in
         p.start()
     try:
         for _ in procs:   # start the clocks together, once every worker has built its env
-            if out.get(timeout=300) != "ready":
+            # a ManiSkill worker imports torch and builds SAPIEN scenes: minutes when busy
+            if out.get(timeout=900) != "ready":
                 raise RuntimeError("bench env: a worker failed before it was ready")
         go.set()
         results = [out.get(timeout=seconds + 120) for _ in procs]
@@ -95,15 +103,20 @@ def measure(env_cfg: EnvConfig, processes: int, seconds: float, render_every: in
 def limits(env_cfg: EnvConfig, seconds: float) -> dict | None:
     """Standalone limits in this process, per CPU-second, over every scene of the selected
     tasks: bare mj_step control periods (random actuator targets, no env logic) and bare
-    renders. None for a simulator other than the tabletop suite, whose MuJoCo scene this
-    drives directly."""
-    import mujoco
+    renders. An env with ``bare_rates(seconds)`` measures its own (ManiSkill: bare SAPIEN
+    steps and renders); None for another simulator."""
+    env = make_env(env_cfg)
+    if hasattr(env, "bare_rates"):      # a simulator that measures its own bare limits
+        try:
+            return env.bare_rates(seconds)
+        finally:
+            env.close()
+    import mujoco   # the tabletop suite's own (a simulator's interpreter may lack it)
 
     from actors.envs.tabletop import TabletopEnv
     from actors.envs.tabletop.env import action_to_ctrl
     from actors.envs.tabletop.scene import SUBSTEPS
 
-    env = make_env(env_cfg)
     if not isinstance(env, TabletopEnv):
         env.close()
         return None
@@ -136,15 +149,33 @@ def run(cfg: PushcutConfig) -> dict:
     if not procs or procs[0] < 1:
         raise ValueError(f"bench.processes must be positive counts, got {cfg.bench.processes}")
     share = max(cfg.bench.seconds / (len(procs) * len(MODES) + 1), 1.0)
-    figures: dict = {"env": cfg.env.name, "limits_per_cpu_s": limits(cfg.env, share),
-                     "image_size": spec.image_size(cfg.env),
-                     "cameras": spec.views(cfg.env),
-                     "chunk_size": cfg.model.chunk_size, "seconds_each": share, "runs": []}
+    there = spec.elsewhere()
+    if there:   # a simulator in its own interpreter is measured there, the same way
+        python, environ = there
+        job = json.dumps({"env": asdict(cfg.env), "processes": procs, "seconds": share,
+                          "chunk_size": cfg.model.chunk_size})
+        out = subprocess.run([python, "-m", "actors.bench.env", job], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, **environ})
+        if out.returncode != 0:
+            raise RuntimeError(f"bench env: the {cfg.env.name} interpreter failed "
+                               f"(exit {out.returncode})")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+    else:
+        figures = measure_all(cfg.env, procs, share, cfg.model.chunk_size)
+    _print(figures)
+    return figures
+
+
+def measure_all(env_cfg: EnvConfig, procs: list[int], share: float, chunk_size: int) -> dict:
+    """Every (processes, mode) measurement and the limits, ``share`` seconds each."""
+    spec = env_spec(env_cfg.name)
+    figures: dict = {"env": env_cfg.name, "limits_per_cpu_s": limits(env_cfg, share),
+                     "image_size": spec.image_size(env_cfg), "cameras": spec.views(env_cfg),
+                     "chunk_size": chunk_size, "seconds_each": share, "runs": []}
     for n in procs:
         for mode in MODES:
-            r = measure(cfg.env, n, share, _render_every(mode, cfg.model.chunk_size))
+            r = measure(env_cfg, n, share, _render_every(mode, chunk_size))
             figures["runs"].append({"processes": n, "render": mode, **r})
-    _print(figures)
     return figures
 
 
@@ -168,3 +199,10 @@ def _print(fig: dict) -> None:
         table.add_row(str(r["processes"]), r["render"], f"{r['per_process']:.0f}",
                       f"{r['total']:.0f}", f"{r['per_cpu_s']:.0f}", vs_bare, f"{vs_one:.2f}")
     Console().print(table)
+
+
+if __name__ == "__main__":   # the measurement in a simulator's own interpreter (see run)
+    _job = json.loads(sys.argv[1])
+    from common.config.envs import env_config
+    print(json.dumps(measure_all(env_config(_job["env"]), _job["processes"], _job["seconds"],
+                                 _job["chunk_size"])))

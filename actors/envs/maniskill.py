@@ -185,14 +185,22 @@ class ManiSkillEnv:
         return bool(_np(self.base.evaluate()["success"]))
 
     def bare_rates(self, seconds: float) -> dict[str, float]:
-        """Per CPU-second, on the first task: bare SAPIEN control periods (the physics
-        substeps of one control step, no controller or task logic) and bare camera renders
-        (update, capture, RGB readback): the limits ``pushcut bench env`` compares with."""
+        """Per CPU-second, on the first task: bare SAPIEN control periods (new random joint
+        drive targets, then the physics substeps of one control step; no IK, controller or
+        task logic) and bare camera renders (update, capture, RGB readback): the limits
+        ``pushcut bench env`` compares with."""
+        import torch
         self.reset(self.tasks()[0].task_id, 0)
         base = self.base
         substeps = int(base._sim_steps_per_control)
+        robot = base.agent.robot
+        rest = robot.get_qpos().clone()
+        rng = np.random.default_rng(0)
 
         def physics() -> None:
+            # moving targets keep the robot awake (a resting scene costs PhysX nothing)
+            noise = rng.uniform(-0.2, 0.2, tuple(rest.shape)).astype(np.float32)
+            robot.set_joint_drive_targets(rest + torch.from_numpy(noise), robot.active_joints)
             for _ in range(substeps):
                 base.scene.step()
 
