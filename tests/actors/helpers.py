@@ -1,11 +1,14 @@
 """Shared by the actor tests: a real ``pushcut store`` OS process, free ports, waiting on a
-condition with a deadline, and reading what the store holds."""
+condition with a deadline, reading what the store holds, and one ``pushcut actor`` group
+streamed into a store (the real simulators' end-to-end tests)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,27 @@ class StoreProcess:
         """The ids among ``trajectory_ids`` that the store does not hold."""
         with TrajectoryStore(self.path, readonly=True) as store:
             return {t for t in trajectory_ids if t not in store}
+
+
+def actor_group_into_store(tmp_path: Path, name: str, *settings: str,
+                           timeout_s: float = 600) -> list[Trajectory]:
+    """One ``pushcut actor`` process (one env worker, a fresh micro policy) sends one group of
+    two episodes into a ``pushcut store`` process; -> that group as the store holds it.
+    ``settings``: the env's and the model's overrides."""
+    store = StoreProcess(tmp_path / "store").start()
+    try:
+        actor = pushcut(
+            "actor", *settings, "model.preset=micro", "actor.num_envs=1", "algo.group_size=2",
+            "actor.max_groups=1", "actor.weights_wait_s=0",
+            f"actor.actor_id={name}-{uuid.uuid4().hex[:6]}",
+            f"actor.store_address={store.address}",
+            f"actor.weights_address=tcp://127.0.0.1:{free_port()}",
+            f"actor.announce_address=tcp://127.0.0.1:{free_port()}",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = actor.communicate(timeout=timeout_s)
+        assert actor.returncode == 0, err[-3000:]
+        summary = json.loads(out.split("actor stopped: ", 1)[1])
+        assert summary["groups"] == 1 and summary["episodes"] == 2 and summary["flushed"]
+        return wait_for(lambda: list(store.groups().values()), 60, "the group in the store")[0]
+    finally:
+        store.stop()

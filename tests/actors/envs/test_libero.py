@@ -6,10 +6,8 @@ success through the simulator state arriving in the store with success = True.
 One in-process LiberoEnv serves the module (building one costs ~10 s and 2-3 GB)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import torch
 
 from actors.envs import libero as lib
 from common.config import load_config
-from tests.actors.helpers import REPO, StoreProcess, free_port, pushcut, wait_for
+from tests.actors.helpers import REPO, StoreProcess, actor_group_into_store, wait_for
 
 SIZE = 128
 TASK = "libero_spatial/0"
@@ -211,25 +209,9 @@ def test_success_through_sim_state_arrives_in_store(env, tmp_path):
 @pytest.mark.slow
 def test_actor_process_streams_libero_episode_into_store(libero_ready, tmp_path):
     """`pushcut actor` with env=libero (one subprocess env worker) -> `pushcut store`."""
-    store = StoreProcess(tmp_path / "store").start()
-    try:
-        actor = pushcut(
-            "actor", "env=libero", f"env.tasks=[{TASK}]", "env.max_steps=20",
-            f"env.image_size={SIZE}", "env.render_size=null", "model.preset=micro",
-            f"+model.kwargs.image_size={SIZE}", "actor.num_envs=1", "algo.group_size=2",
-            "actor.max_groups=1", "actor.weights_wait_s=0",
-            f"actor.actor_id=libero-{uuid.uuid4().hex[:6]}",
-            f"actor.store_address={store.address}",
-            f"actor.weights_address=tcp://127.0.0.1:{free_port()}",
-            f"actor.announce_address=tcp://127.0.0.1:{free_port()}",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = actor.communicate(timeout=600)
-        assert actor.returncode == 0, err[-3000:]
-        summary = json.loads(out.split("actor stopped: ", 1)[1])
-        assert summary["groups"] == 1 and summary["episodes"] == 2 and summary["flushed"]
-        group = wait_for(lambda: list(store.groups().values()), 60, "the group in the store")[0]
-    finally:
-        store.stop()
+    group = actor_group_into_store(
+        tmp_path, "libero", "env=libero", f"env.tasks=[{TASK}]", "env.max_steps=20",
+        f"env.image_size={SIZE}", "env.render_size=null", f"+model.kwargs.image_size={SIZE}")
     instruction = lib.LiberoEnv(libero_cfg()).spec(TASK).instruction
     assert len(group) == 2
     for traj in group:

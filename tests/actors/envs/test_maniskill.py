@@ -5,12 +5,10 @@ behind a subprocess env worker, a `pushcut actor` process streaming PickCube epi
 The GPU path (physx_cuda, GPU rendering) runs only where a CUDA device exists."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from actors.envs import maniskill as ms
 from actors.envs.maniskill_tasks import SUITES, TASKS
 from common.config import load_config
 from common.dataset import read_dataset
-from tests.actors.helpers import REPO, StoreProcess, free_port, pushcut, wait_for
+from tests.actors.helpers import REPO, actor_group_into_store, pushcut
 
 SIZE = 64
 TASK = "PickCube-v1"
@@ -127,25 +125,10 @@ def test_steps_render_only_when_asked_move_and_stop_at_the_limit(worker):
 @pytest.mark.slow
 def test_actor_process_streams_pickcube_episodes_into_store(maniskill_ready, tmp_path):
     """`pushcut actor` env=maniskill (one subprocess worker, real SAPIEN) -> `pushcut store`."""
-    store = StoreProcess(tmp_path / "store").start()
-    try:
-        actor = pushcut(
-            "actor", "env=maniskill", f"env.tasks=[{TASK}]", "env.max_steps=20",
-            f"env.image_size={SIZE}", "model.preset=micro", f"+model.kwargs.image_size={SIZE}",
-            f"+model.kwargs.proprio_dim={ms.PROPRIO_DIM}", "actor.num_envs=1",
-            "algo.group_size=2", "actor.max_groups=1", "actor.weights_wait_s=0",
-            f"actor.actor_id=maniskill-{uuid.uuid4().hex[:6]}",
-            f"actor.store_address={store.address}",
-            f"actor.weights_address=tcp://127.0.0.1:{free_port()}",
-            f"actor.announce_address=tcp://127.0.0.1:{free_port()}",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = actor.communicate(timeout=900)
-        assert actor.returncode == 0, err[-3000:]
-        summary = json.loads(out.split("actor stopped: ", 1)[1])
-        assert summary["groups"] == 1 and summary["episodes"] == 2 and summary["flushed"]
-        group = wait_for(lambda: list(store.groups().values()), 60, "the group in the store")[0]
-    finally:
-        store.stop()
+    group = actor_group_into_store(
+        tmp_path, "maniskill", "env=maniskill", f"env.tasks=[{TASK}]", "env.max_steps=20",
+        f"env.image_size={SIZE}", f"+model.kwargs.image_size={SIZE}",
+        f"+model.kwargs.proprio_dim={ms.PROPRIO_DIM}", timeout_s=900)
     assert len(group) == 2
     assert group[0].init_state_id == group[1].init_state_id < 1000   # one GRPO group, training
     for traj in group:
