@@ -77,7 +77,7 @@ obs, _ = env.reset(seed=0)
 rgb = np.asarray(obs["sensor_data"]["base_camera"]["rgb"])
 env.close()
 assert rgb.std() > 5, f"a blank frame (std {rgb.std():.1f})"
-print("device", "x".join(map(str, rgb.shape[1:3])))
+print("frame", "x".join(map(str, rgb.shape[1:3])))
 """
 
 
@@ -230,10 +230,12 @@ def check_render(timeout_s: float = 900.0) -> str:
                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise SetupError(f"rendering one frame took more than {timeout_s:.0f} s") from None
-    lines = [l for l in (proc.stderr + proc.stdout).strip().splitlines() if l.strip()]
-    if proc.returncode != 0 or not any(l.startswith("device") for l in lines):
-        raise SetupError(f"ManiSkill cannot render a frame: {lines[-1] if lines else proc.returncode}")
-    return next(l for l in lines if l.startswith("device")).split(" ", 1)[1]
+    lines = [line for line in (proc.stderr + proc.stdout).strip().splitlines() if line.strip()]
+    frames = [line.split(" ", 1)[1] for line in lines if line.startswith("frame ")]
+    if proc.returncode != 0 or not frames:
+        raise SetupError("ManiSkill cannot render a frame: "
+                         f"{lines[-1] if lines else f'exit {proc.returncode}'}")
+    return frames[0]
 
 
 def main(cfg, args: list[str]) -> int:

@@ -74,6 +74,19 @@ def maniskill_ready():
     assert "one PickCube frame rendered" in proc.stderr
 
 
+@pytest.mark.maniskill
+def test_setup_refuses_in_one_line_when_nothing_renders(maniskill_ready, monkeypatch):
+    """No Vulkan driver (the ICD file names none): the render check says why in one line."""
+    from actors.envs import maniskill_setup as setup
+    python, environ = setup.interpreter()
+    monkeypatch.setattr(setup, "interpreter", lambda: (
+        python, {**environ, "VK_ICD_FILENAMES": "/nonexistent/icd.json"}))
+    with pytest.raises(setup.SetupError) as info:
+        setup.check_render(timeout_s=600)
+    text = str(info.value)
+    assert text.startswith("ManiSkill cannot render a frame: ") and "\n" not in text
+
+
 @pytest.fixture(scope="module")
 def worker(maniskill_ready):
     """A real PickCube env in the ManiSkill interpreter, behind a subprocess env worker."""
