@@ -43,10 +43,11 @@ from learner.bench.update import make_groups, timed
 from learner.grpo import GRPO, make_optimizer
 
 
-def bare_update(policy, batch: Batch, optimizer, micro_batch_size: int, steps: int):
-    """The limit of one update, as a closure: ``steps`` AdamW steps over the batch's
-    micro-batches (the split GRPO uses), each forward, log-softmax/gather, masked mean and
-    backward, nothing else."""
+def bare_update(policy, batch: Batch, optimizer, micro_batch_size: int, steps: int,
+                epochs: int = 1):
+    """The limit of one update, as a closure: ``epochs`` passes over the batch's
+    micro-batches (the split GRPO uses), each pass ``steps`` AdamW steps; per micro-batch
+    forward, log-softmax/gather, masked mean and backward, nothing else."""
     count = num_micro_batches(batch.num_trajectories, 1, micro_batch_size)
     count = -(-count // steps) * steps
     parts = [p for p in micro_batches(batch, count) if p is not None]
@@ -54,7 +55,7 @@ def bare_update(policy, batch: Batch, optimizer, micro_batch_size: int, steps: i
     tokens = int(batch.valid_mask.sum())
 
     def update() -> None:
-        for m in range(steps):
+        for m in [m for _ in range(epochs) for m in range(steps)]:
             optimizer.zero_grad(set_to_none=True)
             for part in parts[m * size:(m + 1) * size]:
                 logp = policy.log_probs(part.obs(), part.tokens, part.temperature)
@@ -70,9 +71,9 @@ def measure(policy, groups, cfg: PushcutConfig, seconds: float) -> dict:
     grpo = GRPO(policy, make_optimizer(policy.parameters(), cfg.algo), cfg.algo)
     runs: list[dict] = []
     update_s, updates = timed(lambda: runs.append(grpo.update(batch)), seconds * 0.6)
-    steps = max(1, cfg.algo.mini_batches) * cfg.algo.epochs_per_batch
     bare = bare_update(policy, batch, make_optimizer(policy.parameters(), cfg.algo),
-                       cfg.algo.micro_batch_size, steps)
+                       cfg.algo.micro_batch_size, max(1, cfg.algo.mini_batches),
+                       cfg.algo.epochs_per_batch)
     bare_s, _ = timed(bare, seconds * 0.3)
     with FlopCounterMode(display=False) as flops:
         bare()

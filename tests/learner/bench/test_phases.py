@@ -1,10 +1,16 @@
 """`pushcut bench update` (learner/bench/phases.py): one configured update, phase by phase,
 beside the bare update on the same decisions and its FLOPs."""
+import numpy as np
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from common.calibration import Calibration
 from common.config import load_config
-from learner.bench.phases import run
+from common.models import build_policy
+from learner.batch import collate
+from learner.bench.phases import bare_update, run
+from learner.bench.update import make_groups
 
 
 @pytest.mark.parametrize("epochs,mini_batches", [(1, 2), (2, 2)])
@@ -23,3 +29,16 @@ def test_every_optimiser_step_of_every_epoch_is_timed(epochs, mini_batches):
     assert sum(eager["mini_batch_s"]) + eager["proximal_s"] <= eager["update_s"] * 1.5
     assert eager["bare_gflop"] > 0 and eager["updates"] >= 2
     assert "compiled" not in f
+
+
+def test_the_bare_update_makes_as_many_passes_as_the_epochs():
+    cfg = load_config(["model.preset=micro", "algo.group_size=2", "env.max_steps=3"])
+    policy = build_policy(cfg.model).eval()
+    batch = collate(make_groups(policy, cfg, np.random.default_rng(0), trajectories=4))
+    flops = []
+    for epochs in (1, 2):
+        update = bare_update(policy, batch, torch.optim.AdamW(policy.parameters()), 2, 2, epochs)
+        with FlopCounterMode(display=False) as counter:
+            update()
+        flops.append(counter.get_total_flops())
+    assert flops[1] == 2 * flops[0] > 0
