@@ -138,6 +138,14 @@ def num_micro_batches(num_trajectories: int, world_size: int, micro_batch_size: 
     return max(1, math.ceil(largest / max(1, micro_batch_size)))
 
 
+def step_micro_batches(num_trajectories: int, world_size: int, micro_batch_size: int,
+                       mini_batches: int) -> int:
+    """Micro-batches per rank when an update takes ``mini_batches`` optimiser steps: the
+    count of :func:`num_micro_batches`, rounded up to whole micro-batches per step."""
+    count = num_micro_batches(num_trajectories, world_size, micro_batch_size)
+    return math.ceil(count / mini_batches) * mini_batches
+
+
 def micro_batches(batch: Batch, count: int) -> list[Batch | None]:
     """Split by whole trajectories into ``count`` near-equal parts; ``None`` for a part with
     no trajectory (a rank with fewer trajectories than parts still has to take part in

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from common.config.schema import AlgoConfig
 from common.models.policy import logprob_temperature
-from learner.batch import Batch, micro_batches, num_micro_batches
+from learner.batch import Batch, micro_batches, step_micro_batches
 from learner.loss import policy_loss, token_weights
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ class GRPO:
         cfg = self.cfg
         total = total_trajectories or batch.num_trajectories
         steps = max(1, cfg.mini_batches)
-        count = num_micro_batches(total, _world_size(), cfg.micro_batch_size)
-        count = math.ceil(count / steps) * steps    # whole micro-batches per mini-batch
+        count = step_micro_batches(total, _world_size(), cfg.micro_batch_size, steps)
         parts = [(p, True) if p is not None else (batch.select([0]), False)
                  for p in micro_batches(batch, count)]
         weights = [token_weights(p.valid_mask, p.traj_index, total).to(self.device)

@@ -44,7 +44,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from actors.envs.base import StepResult, TaskSpec
+from actors.envs.base import StepResult, TaskSpec, checked_action
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # SimpleVLA-RL's limit for every suite; OpenVLA-OFT's eval uses 220, 280, 300, 520, 400.
@@ -53,7 +53,6 @@ NUM_INIT_STATES = 50
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # OpenVLA's no-op
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 PROPRIO_DIM = 8
-ACTION_DIM = 7
 WORKER_BYTES = 3 << 30          # upper end of the measured 2.1-2.7 GB RSS per env
 RESERVE_BYTES = 2 << 30         # left for the actor, its policy and the OS
 
@@ -250,10 +249,7 @@ class LiberoEnv:
         if self._sim is None or self._done:
             raise RuntimeError("LiberoEnv.step: the episode is over or never started; "
                                "call reset(task_id, init_state_id) first")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
-            raise ValueError(f"LIBERO action must be 7 finite floats, got shape "
-                             f"{action.shape}: {action}")
+        action = checked_action(action, "LIBERO")
         self._raw, _, success, _ = self._sim.step(action)
         self._steps += 1
         success = bool(success)

@@ -30,11 +30,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from actors.envs.base import StepResult, TaskSpec
+from actors.envs.base import StepResult, TaskSpec, checked_action, procedural_init_state_ids
 from actors.envs.maniskill_tasks import SUITES, TASKS
 
 PROPRIO_DIM = 11
-ACTION_DIM = 7
 CAMERA = "base_camera"
 CONTROL_MODE = "pd_ee_delta_pose"
 
@@ -107,12 +106,11 @@ class ManiSkillEnv:
 
     def train_init_state_ids(self, task_id: str) -> list[int]:
         self.spec(task_id)
-        return list(range(self.cfg.num_train_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=False)
 
     def heldout_init_state_ids(self, task_id: str) -> list[int]:
         self.spec(task_id)
-        start = self.cfg.num_train_init_states
-        return list(range(start, start + self.cfg.num_heldout_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=True)
 
     def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
         spec = self.spec(task_id)
@@ -128,10 +126,7 @@ class ManiSkillEnv:
         if self._env is None or self._done:
             raise RuntimeError("ManiSkillEnv.step: the episode is over or never started; "
                                "call reset(task_id, init_state_id) first")
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
-            raise ValueError(f"ManiSkill action must be 7 finite floats, got shape "
-                             f"{action.shape}: {action}")
+        action = checked_action(action, "ManiSkill", np.float32)
         self._state, _, _, _, info = self._env.step(to_maniskill_action(action))
         self._steps += 1
         success = bool(_np(info["success"])) if "success" in info else False

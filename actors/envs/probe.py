@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actors.envs.base import StepResult, TaskSpec
+from actors.envs.base import StepResult, TaskSpec, procedural_init_state_ids
 
 PROPRIO_DIM = 8
 
@@ -61,11 +61,10 @@ class ProbeEnv:
         return [TaskSpec(t, "probe", PROBES[t].instruction, self.max_steps) for t in wanted]
 
     def train_init_state_ids(self, task_id: str) -> list[int]:
-        return list(range(self.cfg.num_train_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=False)
 
     def heldout_init_state_ids(self, task_id: str) -> list[int]:
-        start = self.cfg.num_train_init_states
-        return list(range(start, start + self.cfg.num_heldout_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=True)
 
     def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
         if task_id not in PROBES:

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.calibration import Calibration
 from common.config import PushcutConfig
 from common.transport.weight_publisher import WeightPublisher
-from learner.batch import Batch, collate, micro_batches, num_micro_batches
+from learner.batch import Batch, collate, micro_batches, step_micro_batches
 from learner.bench.update import make_groups, timed
 from learner.grpo import GRPO, make_optimizer
 
@@ -48,8 +48,7 @@ def bare_update(policy, batch: Batch, optimizer, micro_batch_size: int, steps: i
     """The limit of one update, as a closure: ``epochs`` passes over the batch's
     micro-batches (the split GRPO uses), each pass ``steps`` AdamW steps; per micro-batch
     forward, log-softmax/gather, masked mean and backward, nothing else."""
-    count = num_micro_batches(batch.num_trajectories, 1, micro_batch_size)
-    count = -(-count // steps) * steps
+    count = step_micro_batches(batch.num_trajectories, 1, micro_batch_size, steps)
     parts = [p for p in micro_batches(batch, count) if p is not None]
     size = max(1, len(parts) // steps)
     tokens = int(batch.valid_mask.sum())

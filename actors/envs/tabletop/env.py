@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.envs.base import StepResult, TaskSpec
+from actors.envs.base import (
+    ACTION_DIM, StepResult, TaskSpec, checked_action, procedural_init_state_ids,
+)
 from actors.envs.tabletop.predicates import task_success
 from actors.envs.tabletop.scene import FINGER_OPEN, GRIPPER_RANGE, YAW_RANGE
 from actors.envs.tabletop.sim import Sim
@@ -23,7 +25,6 @@ from common.config.envs import TabletopEnvConfig
 
 MAX_DPOS = 0.02      # m per control step at |action| = 1
 MAX_DYAW = 0.15      # rad per control step at |action| = 1
-ACTION_DIM = 7
 PROPRIO_DIM = 8
 _LO = np.array([r[0] for r in GRIPPER_RANGE] + [YAW_RANGE[0]])
 _HI = np.array([r[1] for r in GRIPPER_RANGE] + [YAW_RANGE[1]])
@@ -63,12 +64,11 @@ class TabletopEnv:
 
     def train_init_state_ids(self, task_id: str) -> list[int]:
         self._task_spec(task_id)
-        return list(range(self.cfg.num_train_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=False)
 
     def heldout_init_state_ids(self, task_id: str) -> list[int]:
         self._task_spec(task_id)
-        n = self.cfg.num_train_init_states
-        return list(range(n, n + self.cfg.num_heldout_init_states))
+        return procedural_init_state_ids(self.cfg, heldout=True)
 
     def reset(self, task_id: str, init_state_id: int) -> dict[str, np.ndarray]:
         self.spec = self._task_spec(task_id)
@@ -85,10 +85,7 @@ class TabletopEnv:
     def step(self, action: np.ndarray, render: bool = True) -> StepResult:
         if self.done or self.sim is None:
             raise RuntimeError("step() after the episode ended (or before reset); call reset()")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be {ACTION_DIM} finite floats, got shape "
-                             f"{action.shape}: {action!r}")
+        action = checked_action(action, "tabletop")
         self.sim.step(action_to_ctrl(action, self.sim.gripper_qpos()))
         self.steps += 1
         self.success = task_success(self.sim, self.task)
