@@ -99,13 +99,22 @@ def collate(groups: list[list[Trajectory]], adv_eps: float = 1e-6) -> Batch:
     for group in groups:
         _check_group(group)
     trajs = [t for group in groups for t in group]
+    rewards = torch.tensor([float(t.success) for t in trajs])
+    group_index = torch.tensor([g for g, group in enumerate(groups) for _ in group])
+    return stack(trajs, group_advantages(rewards, group_index, adv_eps))
+
+
+def stack(trajs: list[Trajectory], advantages: torch.Tensor) -> Batch:
+    """Trajectories with one advantage each (float [N]) -> a Batch (no group rule: the
+    success replay stacks single trajectories of many groups). One sampling temperature,
+    as :func:`collate` says."""
+    if not trajs:
+        raise ValueError("a batch needs at least one trajectory")
     temperatures = sorted({float(t.temperature) for t in trajs})
     if temperatures[-1] - temperatures[0] > 2 * TEMPERATURE_TOLERANCE * temperatures[-1]:
         raise ValueError(f"trajectories sampled at several temperatures {temperatures}; "
                          "a batch needs one")
     rewards = torch.tensor([float(t.success) for t in trajs])
-    group_index = torch.tensor([g for g, group in enumerate(groups) for _ in group])
-    adv = group_advantages(rewards, group_index, adv_eps)
     rows_per_traj = torch.tensor([t.num_decisions for t in trajs])
     return Batch(
         images=np.concatenate([t.images for t in trajs]),
@@ -115,7 +124,7 @@ def collate(groups: list[list[Trajectory]], adv_eps: float = 1e-6) -> Batch:
         behaviour_log_probs=torch.from_numpy(
             np.concatenate([t.behaviour_log_probs for t in trajs]).astype(np.float32)),
         valid_mask=torch.from_numpy(np.concatenate([t.valid_mask for t in trajs])),
-        advantages=adv.repeat_interleave(rows_per_traj),
+        advantages=advantages.float().repeat_interleave(rows_per_traj),
         traj_index=torch.arange(len(trajs)).repeat_interleave(rows_per_traj),
         policy_versions=np.array([t.policy_version for t in trajs], dtype=np.int64),
         rewards=rewards.numpy().astype(np.float32),

@@ -27,6 +27,11 @@ Order of work in ``update`` (see learner/loss.py for the objective):
    seconds of the no-grad passes (``proximal_s``), of the gradient steps (``steps_s``) and of
    each optimiser step in order (``mini_batch_s``, epochs x mini-batches).
 
+Success replay (``algo.replay_trajectories`` > 0, learner/replay.py): the replayed successes
+are cut into one micro-batch per optimiser step, whose negative log-likelihood, weighted
+``algo.replay_coef`` / (the batch's trajectory count) per trajectory, joins that step's
+gradient (``replay_nll``: their token-mean NLL per trajectory, averaged).
+
 The policy runs in eval mode (no dropout) here, as on the actors: the learner's log-probs
 must be those of the distribution the actors sampled from.
 """
@@ -43,7 +48,7 @@ import torch.distributed as dist
 from common.config.schema import AlgoConfig
 from common.models.policy import logprob_temperature
 from learner.batch import Batch, micro_batches, step_micro_batches
-from learner.loss import policy_loss, token_weights
+from learner.loss import imitation_loss, policy_loss, token_weights
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +111,13 @@ class GRPO:
             self.policy.set_requires_gradient_sync(enabled)
 
     # -- the update --------------------------------------------------------------------
-    def update(self, batch: Batch, total_trajectories: int | None = None) -> dict[str, Any]:
+    def update(self, batch: Batch, total_trajectories: int | None = None,
+               replay: Batch | None = None, total_replay: int | None = None
+               ) -> dict[str, Any]:
         """One update from ``batch`` (this rank's trajectories). ``total_trajectories``: the
         count over all ranks (default: this batch's), which every token weight divides by.
+        ``replay``: this rank's replayed successes (``total_replay`` over all ranks; with
+        several ranks every rank must pass the same total, its own share possibly None).
         Returns stats reduced over ranks; ``policy_version`` is the new version."""
         cfg = self.cfg
         total = total_trajectories or batch.num_trajectories
@@ -118,6 +127,7 @@ class GRPO:
                  for p in micro_batches(batch, count)]
         weights = [token_weights(p.valid_mask, p.traj_index, total).to(self.device)
                    * float(real) for p, real in parts]
+        replays = self._replay_parts(batch, total, replay, total_replay, steps)
         self.policy.eval()
         size = count // steps
         t0 = time.perf_counter()
@@ -135,7 +145,7 @@ class GRPO:
                 t_step = time.perf_counter()
                 part_sums, grad_norm, cosine, logps = self._step(
                     parts[window], weights[window], proximal[window],
-                    ref[window] if ref else None, scale=float(steps))
+                    ref[window] if ref else None, scale=float(steps), replay=replays[m])
                 step_times.append(time.perf_counter() - t_step)
                 if epoch == m == 0:
                     proximal[window], grad_cosine = logps, cosine
@@ -150,13 +160,33 @@ class GRPO:
         stats["policy_version"] = self.policy_version
         return stats
 
+    def _replay_parts(self, batch: Batch, total: int, replay: Batch | None,
+                      total_replay: int | None, steps: int) -> list[tuple | None]:
+        """Per optimiser step: (replayed part, loss weights, stat weights), or None for
+        every step when nothing is replayed. A rank whose share of a step is empty runs a
+        zero-weight pass (FSDP's collectives need the same passes on every rank)."""
+        total_replay = total_replay or (replay.num_trajectories if replay is not None else 0)
+        if self.cfg.replay_trajectories <= 0 or total_replay == 0:
+            return [None] * steps
+        pieces = micro_batches(replay, steps) if replay is not None else [None] * steps
+        out = []
+        for piece in pieces:
+            real = piece is not None
+            part = piece if real else batch.select([0])
+            w = token_weights(part.valid_mask, part.traj_index, total).to(self.device)
+            stat_w = token_weights(part.valid_mask, part.traj_index, total_replay)
+            out.append((part, w * (self.cfg.replay_coef * float(real)),
+                        stat_w.to(self.device) * float(real)))
+        return out
+
     def _step(self, parts: list[tuple[Batch, bool]], weights: list[torch.Tensor],
               proximal: list[torch.Tensor | None], ref: list[torch.Tensor] | None,
-              scale: float = 1.0
+              scale: float = 1.0, replay: tuple | None = None
               ) -> tuple[dict[str, torch.Tensor], float, float | None, list[torch.Tensor]]:
         """Forward/backward every micro-batch (loss times ``scale``: the batch's share of
         this mini-batch; a micro-batch without proximal log-probs is scored against its own,
-        detached), clip, one optimiser step -> (stat sums, grad norm before clipping,
+        detached), then the step's replayed successes if any (``replay``: part, loss
+        weights, stat weights), clip, one optimiser step -> (stat sums, grad norm before clipping,
         gradient cosine between the two halves of the micro-batches, each micro-batch's
         detached log-probs before the step)."""
         cfg = self.cfg
@@ -167,7 +197,7 @@ class GRPO:
         first: list[torch.Tensor | None] | None = None
         bad_loss = torch.zeros((), device=self.device)   # micro-batches with a non-finite loss
         for i, ((part, _), w) in enumerate(zip(parts, weights)):
-            self._set_gradient_sync(i == len(parts) - 1)
+            self._set_gradient_sync(i == len(parts) - 1 and replay is None)
             logp, entropy = self._forward(part, self.policy, cfg.entropy_coef != 0)
             logps.append(logp.detach())
             loss, stats = policy_loss(
@@ -185,6 +215,8 @@ class GRPO:
             if half and i == half - 1:
                 first = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
         cosine = half_gradient_cosine(self.params, first) if first is not None else None
+        if replay is not None:
+            bad_loss += self._replay_pass(*replay, scale=scale, sums=sums)
         norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
         if _world_size() > 1:
             dist.all_reduce(bad_loss)   # every rank makes the same decision
@@ -195,6 +227,18 @@ class GRPO:
             log.warning("loss (%d micro-batches not finite) or grad norm %s is not finite; "
                         "skipping the optimiser step", int(bad_loss.item()), norm)
         return sums, norm, cosine, logps
+
+    def _replay_pass(self, part: Batch, weights: torch.Tensor, stat_weights: torch.Tensor,
+                     scale: float, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward/backward of one step's replayed successes (the step's last pass, so it
+        syncs the gradients) -> 1.0 if its loss is not finite, else 0.0."""
+        self._set_gradient_sync(True)
+        logp, _ = self._forward(part, self.policy, entropy_grad=False)
+        loss, _ = imitation_loss(logp, weights)
+        (loss * scale).backward()
+        _, nll = imitation_loss(logp.detach(), stat_weights)
+        sums["replay_nll"] = sums.get("replay_nll", 0.0) + nll.float()
+        return (~torch.isfinite(loss.detach())).float()
 
     def _reduce(self, sums: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """Stat sums of this rank -> batch statistics over all ranks."""

@@ -57,6 +57,7 @@ from learner.checkpoint import Checkpoint, save_checkpoint
 from learner.filter import DynamicSamplingFilter, Selection
 from learner.lineage import FENCED, FencedStore, Lineage
 from learner.ranks import effective_algo, send_command
+from learner.replay import SuccessReplay
 from learner.snapshots import SIGNAL, EnvStepCounter, budget_reason, save_snapshot
 from learner.store import TrajectoryStore
 from learner.store_process import StoreService
@@ -116,6 +117,8 @@ class Learner:
         self.env_steps_trained = int(carried.get("env_steps_trained", 0))
         self.stop_reason: str | None = None
         self.actors_held = False      # told to hold their next round (the backlog)
+        self.replay = SuccessReplay(cfg.algo.replay_per_task, seed=cfg.seed) \
+            if cfg.algo.replay_trajectories > 0 else None
 
     def __enter__(self) -> "Learner":
         return self
@@ -251,11 +254,15 @@ class Learner:
         if sync:
             self.publisher.pause()
         send_command("train", self.trainer.device)
-        stats = self.trainer.train(selection.groups)
+        replay = self.replay.sample(self.cfg.algo.replay_trajectories) if self.replay else None
+        stats = self.trainer.train(selection.groups, replay)
         self._declare()     # the new version, before actors can hold it
         trained = finite_update(stats)
         if trained:
             self.filter.mark_trained(selection)
+            if self.replay is not None:
+                self.replay.add(selection.groups)
+                stats.update(self.replay.report())
         else:
             log.warning("v%d: loss %s, grad norm %s: no optimiser step; groups %s quarantined",
                         self.version, stats["loss"], stats["grad_norm"], selection.group_ids)

@@ -158,3 +158,20 @@ def policy_loss(log_probs: Tensor, proximal_log_probs: Tensor, behaviour_log_pro
         stats["entropy_exact"] = ent_term.detach()
     stats["loss"] = loss.detach()
     return loss, stats
+
+
+def imitation_loss(log_probs: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Self-imitation on replayed successes: the weighted negative log-likelihood of their
+    tokens, ``−sum(weights · l)``.
+
+    log_probs l [B, K] (with grad), weights [B, K] (0 on invalid tokens; from
+    :func:`token_weights` times the replay coefficient) -> (loss scalar, the same value
+    detached). Masked tokens may hold arbitrary log-probs: they are zeroed, not multiplied.
+    """
+    if log_probs.shape != weights.shape:
+        raise ValueError(f"log_probs {tuple(log_probs.shape)} and weights "
+                         f"{tuple(weights.shape)} must match")
+    valid = weights > 0
+    nll = -torch.where(valid, log_probs, torch.zeros_like(log_probs))
+    loss = (weights * nll).sum()
+    return loss, loss.detach()

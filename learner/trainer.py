@@ -35,7 +35,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from common.config.schema import AlgoConfig, LearnerConfig
 from common.wire.trajectory import Trajectory
-from learner.batch import collate, pack_groups, rank_trajectories, unpack_groups
+from learner.batch import collate, pack_groups, rank_trajectories, stack, unpack_groups
 from learner.grpo import GRPO, make_optimizer
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -135,14 +135,24 @@ class Trainer:
     def policy_version(self, value: int) -> None:
         self.grpo.policy_version = value
 
-    def train(self, groups: list[list[Trajectory]] | None) -> dict[str, float]:
-        """One GRPO update on the groups rank 0 passes (others pass None) -> stats."""
-        raw = broadcast_bytes(pack_groups(groups) if self.rank == 0 else None, self.device)
-        groups = groups if self.rank == 0 else unpack_groups(raw)
+    def train(self, groups: list[list[Trajectory]] | None,
+              replay: list[Trajectory] | None = None) -> dict[str, float]:
+        """One GRPO update on the groups rank 0 passes (others pass None), with rank 0's
+        replayed successes (learner/replay.py; sent as one more group) -> stats."""
+        sent = [*groups, replay or []] if self.rank == 0 else None
+        raw = broadcast_bytes(pack_groups(sent) if self.rank == 0 else None, self.device)
+        *groups, replay = sent if self.rank == 0 else unpack_groups(raw)
         batch = collate(groups, self.grpo.cfg.adv_eps)
         mine = batch.select(rank_trajectories(batch.num_trajectories, self.rank,
                                               self.world_size))
-        return self.grpo.update(mine, total_trajectories=batch.num_trajectories)
+        replayed = None
+        if replay:
+            share = np.array_split(np.arange(len(replay)), self.world_size)[self.rank]
+            if len(share):
+                # advantage 1: imitation_loss weighs by the replay weights, not advantages
+                replayed = stack([replay[i] for i in share], torch.ones(len(share)))
+        return self.grpo.update(mine, total_trajectories=batch.num_trajectories,
+                                replay=replayed, total_replay=len(replay))
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded CPU weights on rank 0 ({} on the other ranks)."""

@@ -107,6 +107,16 @@ class AlgoConfig:
     """see success_lo"""
     max_staleness: int = setting(4, at_least(0))
     """drop trajectories more than this many versions behind"""
+    replay_trajectories: int = setting(0, at_least(0))
+    """success replay (self-imitation): successful trajectories from earlier batches, drawn
+    round-robin over tasks from learner.replay's buffer, whose log-likelihood is added to
+    every update (0 = off). It keeps what RL learned on one task while updates for the
+    tasks beside it move the shared weights (docs/results.md, "Success replay")"""
+    replay_coef: float = setting(1.0, positive())
+    """the weight of one replayed success, relative to a fresh trajectory of advantage 1 in
+    the batch: its token-mean log-likelihood is divided by the batch's trajectory count"""
+    replay_per_task: int = setting(16, at_least(1))
+    """the newest this many successes of each task stay in the replay buffer"""
     max_backlog_batches: Optional[int] = setting(None, at_least(1, nullable=True))
     """mode=async: the learner tells the actors to hold their next round while the store
     holds at least this many batches of groups it would train on, so that they do not
@@ -114,7 +124,13 @@ class AlgoConfig:
     the learner meanwhile (None: never hold)"""
 
     def joint_problems(self, prefix: str) -> list[str]:
-        return not_above(self, prefix, "success_lo", "success_hi")
+        found = not_above(self, prefix, "success_lo", "success_hi")
+        # the replayed successes take one micro-batch in each optimiser step
+        room = self.micro_batch_size * self.mini_batches
+        if self.replay_trajectories > room:
+            found.append(f"{prefix}replay_trajectories={self.replay_trajectories}: must be "
+                         f"<= micro_batch_size x mini_batches = {room}")
+        return found
 
 
 @dataclass

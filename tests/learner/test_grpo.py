@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from common.config.schema import AlgoConfig
-from learner.batch import collate, micro_batches, pack_groups, unpack_groups
+from learner.batch import collate, micro_batches, pack_groups, stack, unpack_groups
 from learner.grpo import GRPO
-from learner.loss import policy_loss, token_weights
+from learner.loss import imitation_loss, policy_loss, token_weights
 from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
 
 
@@ -187,6 +187,52 @@ def test_mini_batches_take_one_step_each_on_their_own_trajectories(epochs):
                     p -= lr * p.grad
     for p, q in zip(policy.parameters(), naive.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_replayed_successes_add_their_weighted_log_likelihood_to_each_step():
+    """Two mini-batches with 3 replayed successes: each SGD step takes the GRPO loss of its
+    half plus the NLL of its share of the replay (2 then 1 trajectories), each replayed
+    trajectory weighted replay_coef / (the batch's trajectory count), both times the
+    mini-batch count; the batch's counts leave the replayed trajectories out."""
+    policy = micro_policy()
+    groups = groups_of(policy, n=2)
+    old = groups_of(policy, seed=5, n=2)
+    replayed = [t for g in old for t in g if t.success][:3]
+    naive, plain = copy.deepcopy(policy), copy.deepcopy(policy)
+    lr, coef = 0.05, 0.5
+    cfg = algo(micro_batch_size=4, mini_batches=2, grad_clip=1e9, lr=lr, replay_coef=coef,
+               replay_trajectories=3)
+    grpo = GRPO(policy, torch.optim.SGD(policy.parameters(), lr=lr), cfg)
+    stats = grpo.update(collate(groups), replay=stack(replayed, torch.ones(3)))
+    without = GRPO(plain, torch.optim.SGD(plain.parameters(), lr=0.0), cfg).update(collate(groups))
+
+    batch, replay = collate(groups), stack(replayed, torch.ones(3))
+    naive.eval()
+    with torch.no_grad():
+        proximal = naive.log_probs(batch.obs(), batch.tokens, TEMPERATURE)
+        replay_nll = -naive.log_probs(replay.obs(), replay.tokens, TEMPERATURE)
+    for half, share in [(range(0, 4), [0, 1]), (range(4, 8), [2])]:
+        part, mine = batch.select(list(half)), replay.select(share)
+        rows = torch.isin(batch.traj_index, torch.tensor(list(half)))
+        naive.zero_grad()
+        logp = naive.log_probs(part.obs(), part.tokens, TEMPERATURE)
+        w = token_weights(part.valid_mask, part.traj_index, batch.num_trajectories)
+        loss, _ = policy_loss(logp, proximal[rows], part.behaviour_log_probs, part.advantages, w)
+        w_replay = token_weights(mine.valid_mask, mine.traj_index, batch.num_trajectories) * coef
+        nll, _ = imitation_loss(naive.log_probs(mine.obs(), mine.tokens, TEMPERATURE), w_replay)
+        ((loss + nll) * 2).backward()
+        with torch.no_grad():
+            for p in naive.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+    for p, q in zip(policy.parameters(), naive.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+    # the statistic: token-mean NLL per replayed trajectory, averaged, at the step's weights
+    mean_nll = token_weights(replay.valid_mask, replay.traj_index, 3) * replay_nll
+    assert stats["replay_nll"] == pytest.approx(float(mean_nll.sum()), rel=0.05)
+    assert "replay_nll" not in without
+    assert stats["trajectories"] == without["trajectories"] == 8      # replay is not counted
+    assert stats["tokens"] == without["tokens"]
 
 
 def test_grad_cosine_tells_agreeing_halves_from_opposed_ones():

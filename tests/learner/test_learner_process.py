@@ -178,3 +178,17 @@ def test_without_a_backlog_limit_the_learner_never_holds_the_actors(tmp_path):
     run_to_the_end(args, tmp_path / "learner.log")
     (row,) = updates(tmp_path)
     assert row["backlog_groups"] == 3 and row["held_actors"] is False
+
+
+def test_successes_trained_on_are_replayed_in_later_updates(tmp_path):
+    """algo.replay_trajectories=4: the first update has nothing to replay; each trained
+    batch's successes join the replay (6 groups over 3 tasks hold 9 successes), and every
+    later update reports the replayed successes' NLL."""
+    fill_store(tmp_path / "store", 6)
+    args = learner_args(tmp_path, **{"learner.max_versions": 3, "learner.torch_threads": 1,
+                                     "algo.replay_trajectories": 4})
+    run_to_the_end(args, tmp_path / "learner.log")
+    rows = updates(tmp_path)
+    assert "replay_nll" not in rows[0] and rows[0]["replay_tasks"] == 2
+    assert all(np.isfinite(r["replay_nll"]) and r["replay_nll"] > 0 for r in rows[1:])
+    assert rows[-1]["replay_size"] == 9 and rows[-1]["replay_tasks"] == 3

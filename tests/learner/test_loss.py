@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from learner.loss import group_advantages, k3_kl, policy_loss, token_weights
+from learner.loss import group_advantages, imitation_loss, k3_kl, policy_loss, token_weights
 
 CLIP_LOW, CLIP_HIGH, IS_CAP = 0.2, 0.28, 2.0
 
@@ -182,3 +182,29 @@ def test_bad_shapes_are_named():
                     torch.zeros(2, 3))
     with pytest.raises(ValueError, match="no valid token"):
         token_weights(torch.zeros(1, 3, dtype=torch.bool), torch.tensor([0]), 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_imitation_loss_matches_naive_loop(seed):
+    """-sum(weights · l) is the coefficient times the mean over trajectories of each one's
+    token-mean NLL; masked tokens (holding garbage, even -inf) add nothing."""
+    traj_index, mask, _, _, l, _ = make_case(seed)
+    n_traj, coef = int(traj_index.max()) + 1, 0.7
+    garbage = torch.where(mask, torch.zeros_like(l), torch.full_like(l, -float("inf")))
+    logp = (l + garbage).detach().requires_grad_(True)
+    weights = token_weights(mask, traj_index, n_traj) * coef
+    loss, value = imitation_loss(logp, weights)
+    loss.backward()
+
+    naive_l = l.detach().clone().requires_grad_(True)
+    total = 0.0
+    for i in range(n_traj):
+        terms = [-naive_l[row, k] for row in range(len(traj_index)) if int(traj_index[row]) == i
+                 for k in range(mask.shape[1]) if bool(mask[row, k])]
+        total = total + sum(terms) / len(terms)
+    naive = coef * total / n_traj
+    naive.backward()
+    assert float(value) == pytest.approx(float(naive.detach()), rel=1e-5)
+    torch.testing.assert_close(logp.grad, naive_l.grad)     # 0 on masked tokens, finite
+    with pytest.raises(ValueError, match="must match"):
+        imitation_loss(logp[:1], weights)

@@ -1,6 +1,6 @@
 """learner/trainer.py: one optimiser step on 2 FSDP2 ranks (gloo, two real processes)
-equals the same step taken by one process on the whole batch; full state dicts round-trip
-through the shards."""
+equals the same step taken by one process on the whole batch (a replayed success included);
+full state dicts round-trip through the shards."""
 from __future__ import annotations
 
 import json
@@ -14,11 +14,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from common.config.schema import AlgoConfig, LearnerConfig
-from learner.batch import collate
+from learner.batch import collate, stack
 from learner.grpo import GRPO, make_optimizer
 from tests.learner.helpers import micro_policy, sampled_group
 
-ALGO = AlgoConfig(mini_batches=1, micro_batch_size=2, lr=1e-3, grad_clip=1e9)
+ALGO = AlgoConfig(mini_batches=1, micro_batch_size=2, lr=1e-3, grad_clip=1e9,
+                  replay_trajectories=2)
 # 9 trajectories of different lengths: rank 0 gets 5, rank 1 gets 4, both in 3 micro-batches
 SUCCESSES = [[True, False, False], [True, True, False], [False, True, False]]
 
@@ -29,14 +30,20 @@ def make_groups(policy):
             for g, s in enumerate(SUCCESSES)]
 
 
+def make_replay(policy):
+    """One replayed success: rank 0 takes it, rank 1 runs the zero-weight pass that keeps
+    FSDP's collectives in step."""
+    return sampled_group(policy, np.random.default_rng(8), [True, False], length=9)[:1]
+
+
 def _worker(rank: int, world_size: int, out: str) -> None:
     from learner.trainer import Trainer, init_process_group
     device = init_process_group(rank, world_size, f"file://{out}/pg", LearnerConfig())
     try:
         policy = micro_policy(0)
-        groups = make_groups(policy)
+        groups, replay = make_groups(policy), make_replay(policy)   # before sharding
         trainer = Trainer(policy, ALGO, LearnerConfig(), device)
-        stats = trainer.train(groups if rank == 0 else None)
+        stats = trainer.train(groups if rank == 0 else None, replay if rank == 0 else None)
         grads = {n: p.grad.full_tensor() for n, p in trainer.policy.named_parameters()}
         state = trainer.full_state_dict()
         optim = trainer.optimizer_state_dict()
@@ -73,7 +80,8 @@ def test_two_ranks_step_equals_one_process_step(tmp_path):
     policy = micro_policy(0)              # the same weights and groups, one process, no FSDP
     start = {k: v.clone() for k, v in policy.state_dict().items()}
     grpo = GRPO(policy, make_optimizer(policy.parameters(), ALGO), ALGO)
-    stats1 = grpo.update(collate(make_groups(policy)))
+    stats1 = grpo.update(collate(make_groups(policy)),
+                         replay=stack(make_replay(policy), torch.ones(1)))
     largest = max(float(p.grad.abs().max()) for p in policy.parameters())
     for name, p in policy.named_parameters():
         torch.testing.assert_close(grads2[name], p.grad, rtol=1e-4, atol=1e-6 * largest)
@@ -91,5 +99,6 @@ def test_two_ranks_step_equals_one_process_step(tmp_path):
     assert moved > len(one) // 2                  # the step changed most tensors
     assert stats1["trajectories"] == stats2["trajectories"] == 9
     assert stats2["micro_batches"] == 3 and stats1["micro_batches"] == 5
-    for key in ("loss", "grad_norm", "is_weight_mean", "entropy", "tokens", "success_rate"):
+    for key in ("loss", "grad_norm", "is_weight_mean", "entropy", "tokens", "success_rate",
+                "replay_nll"):
         assert stats2[key] == pytest.approx(stats1[key], rel=1e-5, abs=1e-7), key

@@ -45,6 +45,10 @@ def test_a_rule_across_a_section_runs_once_its_fields_pass():
                                       "satisfy success_lo <= success_hi"]
     assert problems(dataclasses.replace(bad, success_hi=1.5), "algo.") == [
         "algo.success_hi=1.5: must be a number in [0, 1]"]
+    crowded = dataclasses.replace(AlgoConfig(), replay_trajectories=65)   # 16 x 4 fit
+    assert problems(crowded, "algo.") == ["algo.replay_trajectories=65: must be <= "
+                                          "micro_batch_size x mini_batches = 64"]
+    assert problems(dataclasses.replace(crowded, replay_trajectories=64), "algo.") == []
 
 
 @pytest.mark.parametrize("value, bind, ok", [
