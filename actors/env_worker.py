@@ -35,7 +35,7 @@ def _handle(env: TaskEnv, msg: dict[str, Any]) -> dict[str, Any]:
         r = run_chunk(env, unpack_array(msg["actions"], "actions"), msg["steps_left"],
                       msg["record_video"])
         return {"steps": r.steps, "success": r.success, "done": r.done, "obs": pack_obs(r.obs),
-                "frames": [pack_array(f) for f in r.frames], "env_s": r.env_s}
+                "frames": [pack_array(f) for f in r.frames], "env_s": r.env_s, "info": r.info}
     if op == "step":
         r = env.step(unpack_array(msg["action"], "action"), render=msg["render"])
         return {"value": {"obs": pack_obs(r.obs), "success": bool(r.success),

@@ -55,6 +55,7 @@ class ChunkResult:
     obs: dict[str, np.ndarray] | None   # observation after the last step; None when done
     frames: list[np.ndarray] = field(default_factory=list)  # agentview [H, W, 3] per step
     env_s: float = 0.0
+    info: dict | None = None            # when done: the env's episode_info(), if it has one
 
 
 def run_chunk(env: TaskEnv, actions: np.ndarray, steps_left: int,
@@ -74,8 +75,9 @@ def run_chunk(env: TaskEnv, actions: np.ndarray, steps_left: int,
             break
         obs = res.obs
     done = done or steps >= steps_left
+    info = env.episode_info() if done and hasattr(env, "episode_info") else None
     return ChunkResult(steps, success, done, None if done else obs, frames,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, info)
 
 
 class InProcessWorker:
@@ -146,7 +148,8 @@ def decode_reply(op: str | None, reply: dict[str, Any]) -> Any:
     if op == "chunk":
         return ChunkResult(reply["steps"], reply["success"], reply["done"],
                            unpack_obs(reply["obs"]),
-                           [unpack_array(f, "frame") for f in reply["frames"]], reply["env_s"])
+                           [unpack_array(f, "frame") for f in reply["frames"]], reply["env_s"],
+                           reply.get("info"))
     if op == "step":
         value = reply["value"]
         return StepResult(unpack_obs(value["obs"]), value["success"], value["done"])

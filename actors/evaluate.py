@@ -15,6 +15,7 @@ average over tasks, mean episode length), ``<eval.out>/videos/*.mp4`` for the fi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -75,6 +76,8 @@ def summarize(tasks: Sequence[TaskSpec], episodes: Sequence[Episode]) -> dict:
             "mean_length": float(np.mean([ep.length for ep in eps])),
             "init_state_ids": [ep.request.init_state_id for ep in eps],
             "outcomes": [int(w) for w in wins]}
+        if any(ep.info for ep in eps):      # tabletop: each episode's behaviour fingerprint
+            per_task[spec.task_id]["fingerprints"] = [ep.info for ep in eps]
     families: dict[str, list[dict]] = defaultdict(list)
     for row in per_task.values():
         families[row["family"]].append(row)
@@ -139,7 +142,9 @@ def evaluate_policy(policy: Policy, env_cfg: EnvConfig, *, episodes_per_task: in
     console = console or Console(stderr=True)
     own = workers is None
     if own:
-        workers = make_workers(env_cfg, num_envs, seed, subprocess_envs)
+        # each episode's fingerprint goes into eval.json beside its outcome
+        workers = make_workers(dataclasses.replace(env_cfg, fingerprints=True), num_envs, seed,
+                               subprocess_envs)
     try:
         env = getattr(workers[0], "env", workers[0])
         tasks = [t for t in env.tasks() if task_ids is None or t.task_id in set(task_ids)]

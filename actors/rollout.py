@@ -63,6 +63,7 @@ class Episode:
     valid_mask: np.ndarray      # bool [T, K]: the token's step was executed
     frames: list[np.ndarray] = field(default_factory=list)   # agentview per step, if recorded
     timings: dict[str, float] = field(default_factory=dict)  # env_s, inference_s
+    info: dict | None = None    # the env's episode_info() at the end (tabletop: fingerprint)
 
 
 def valid_mask_for(steps: Sequence[int], chunk_size: int, action_dim: int) -> np.ndarray:
@@ -87,6 +88,7 @@ class _Slot:
         self.frames: list[np.ndarray] = []
         self.env_s = self.inference_s = 0.0
         self.success = False
+        self.info: dict | None = None
 
     @property
     def length(self) -> int:
@@ -98,6 +100,7 @@ class _Slot:
         self.env_s += res.env_s
         self.success = res.success
         self.obs = res.obs
+        self.info = res.info
 
     def finish(self, chunk_size: int, action_dim: int) -> Episode:
         return Episode(
@@ -108,7 +111,7 @@ class _Slot:
             log_probs=np.stack(self.log_probs).astype(np.float32),
             valid_mask=valid_mask_for(self.steps, chunk_size, action_dim),
             frames=self.frames,
-            timings={"env_s": self.env_s, "inference_s": self.inference_s})
+            timings={"env_s": self.env_s, "inference_s": self.inference_s}, info=self.info)
 
 
 def as_worker(env):

@@ -41,6 +41,10 @@ class EnvConfig:
     """training init_state_ids are [0, num_train)"""
     num_heldout_init_states: int = setting(10, at_least(0))
     """held-out ids follow, disjoint from training (a LIBERO task has 50 init states in all)"""
+    fingerprints: bool = False
+    """record each episode's behaviour fingerprint where the simulator can (the tabletop
+    suite: actors/envs/tabletop/fingerprint.py). ``pushcut eval`` turns it on; rollouts for
+    training leave it off, since the bookkeeping costs about a third of a physics step"""
 
 
 @dataclass

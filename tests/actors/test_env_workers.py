@@ -4,6 +4,7 @@ actor that keeps sending complete groups (to a real store process) after a worke
 SIGKILLed mid-episode."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -137,6 +138,24 @@ def test_fifo_workers_are_scheduled_first_in_first_out_across_restarts():
 
 
 # ------------------------------------------------------------------ dead and hung workers
+
+def test_a_subprocess_worker_hands_back_the_episode_fingerprint_when_done():
+    """The tabletop fingerprint crosses the worker's socket with the episode's last chunk
+    (and only then): an idle gripper ends its episode never having reached the cube."""
+    w = SubprocessWorker(dataclasses.replace(ENV_CFG, fingerprints=True), seed=0)
+    try:
+        w.reset("goal/0", 1)
+        idle = np.zeros((8, 7), np.float32)
+        w.start_chunk(idle, 16, False)
+        first = w.result()
+        w.start_chunk(idle, 8, False)
+        last = w.result()
+        assert not first.done and first.info is None
+        assert last.done and last.info["failure_phase"] == "never_reached"
+        assert last.info["strategy"] == "other" and last.info["touched"] == []
+    finally:
+        w.close()
+
 
 def test_hung_or_killed_worker_raises_in_time_and_restarts():
     w = SubprocessWorker(ENV_CFG, seed=0, reply_timeout_s=2.0)

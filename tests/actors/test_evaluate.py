@@ -25,7 +25,7 @@ def _env_cfg(**kw):
 
 def test_the_scripted_expert_scores_per_task_and_family(tmp_path):
     # a policy with known outcomes: the expert succeeds on held-out states
-    workers = make_workers(_env_cfg(), 2, seed=0, use_subprocess=False)
+    workers = make_workers(_env_cfg(fingerprints=True), 2, seed=0, use_subprocess=False)
     try:
         results = evaluate_policy(ExpertPolicy(workers), _env_cfg(), episodes_per_task=2,
                                   temperatures=[0.0], videos_per_task=1, out_dir=tmp_path,
@@ -38,6 +38,8 @@ def test_the_scripted_expert_scores_per_task_and_family(tmp_path):
     for task_id, row in greedy["per_task"].items():
         assert row["episodes"] == 2 and row["init_state_ids"] == [3, 4]   # held-out ids only
         assert row["success_rate"] == 1.0 and 0 < row["mean_length"] < 120
+        # each episode's behaviour fingerprint travels with its outcome
+        assert [f["strategy"] for f in row["fingerprints"]] == ["grasp_and_place"] * 2
     assert greedy["per_family"] == {"spatial": 1.0, "object": 1.0} and greedy["average"] == 1.0
     assert json.loads((tmp_path / "eval.json").read_text())["temperatures"]["greedy"] == greedy
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
@@ -64,13 +66,19 @@ def test_eval_command_on_a_checkpoint(tmp_path):
         # three episodes over two held-out ids: cycled
         assert summary["per_task"]["spatial/0"]["init_state_ids"] == [40, 41, 40]
         assert all(v["mean_length"] <= 16 for v in summary["per_task"].values())
+        # an untrained policy fails: each failure says in which phase it ended
+        phases = {f["failure_phase"] for v in summary["per_task"].values()
+                  for f in v["fingerprints"]}
+        assert len(phases) >= 1 and phases <= {"never_reached", "grasp_failed", "timed_out",
+                                               "misplaced", "dropped", None}
 
 
 def test_summarize_rates_per_task_family_and_average():
     tasks = [TaskSpec("a/0", "a", "x", 10), TaskSpec("a/1", "a", "y", 10),
              TaskSpec("b/0", "b", "z", 10)]
     outcomes = {"a/0": [1, 1, 0, 0], "a/1": [1, 1, 1, 1], "b/0": [0, 0, 0, 1]}
-    episodes = [SimpleNamespace(request=EpisodeRequest(t, 7, "g"), success=bool(s), length=5)
+    episodes = [SimpleNamespace(request=EpisodeRequest(t, 7, "g"), success=bool(s), length=5,
+                                info=None)
                 for t, wins in outcomes.items() for s in wins]
     out = summarize(tasks, episodes)
     assert {k: v["success_rate"] for k, v in out["per_task"].items()} == \

@@ -17,6 +17,7 @@ import numpy as np
 from actors.envs.base import (
     ACTION_DIM, StepResult, TaskSpec, checked_action, procedural_init_state_ids,
 )
+from actors.envs.tabletop.fingerprint import EpisodeTrace
 from actors.envs.tabletop.predicates import task_success
 from actors.envs.tabletop.scene import FINGER_OPEN, GRIPPER_RANGE, YAW_RANGE
 from actors.envs.tabletop.sim import Sim
@@ -57,6 +58,7 @@ class TabletopEnv:
         self.steps = 0
         self.success = False
         self.done = True
+        self.trace: EpisodeTrace | None = None
 
     # ---------------------------------------------------------------- TaskEnv
     def tasks(self) -> list[TaskSpec]:
@@ -80,6 +82,7 @@ class TabletopEnv:
         self.sim = self._sims[self.task.family]
         self.sim.set_layout(layout)
         self.steps, self.success, self.done = 0, False, False
+        self.trace = EpisodeTrace(self.sim, self.task) if self.cfg.fingerprints else None
         return self.observe()
 
     def step(self, action: np.ndarray, render: bool = True) -> StepResult:
@@ -90,12 +93,19 @@ class TabletopEnv:
         self.steps += 1
         self.success = task_success(self.sim, self.task)
         self.done = self.success or self.steps >= self.spec.max_steps
+        if self.trace is not None:
+            self.trace.observe(self.sim, self.success)
         return StepResult(self.observe() if render else None, self.success, self.done)
 
     def observe(self) -> dict[str, np.ndarray]:
         if self.sim is None:
             raise RuntimeError("observe() before reset()")
         return {"images": self.sim.render(), "proprio": self.sim.proprio()}
+
+    def episode_info(self) -> dict | None:
+        """The behaviour fingerprint of the episode so far (actors/envs/tabletop/
+        fingerprint.py); None unless ``env.fingerprints`` is on and the env was reset."""
+        return self.trace.fingerprint(self.sim) if self.trace is not None else None
 
     def close(self) -> None:
         for sim in self._sims.values():

@@ -109,6 +109,15 @@ class Sim:
                 return True
         return False
 
+    def finger_touches(self) -> set[str]:
+        """The objects in contact with a finger now (one vectorised pass over the
+        contacts, for per-step bookkeeping)."""
+        n = self.data.ncon
+        g1, g2 = self.data.contact.geom1[:n], self.data.contact.geom2[:n]
+        fingers = list(self.finger_geoms)
+        geoms = set(g2[np.isin(g1, fingers)].tolist()) | set(g1[np.isin(g2, fingers)].tolist())
+        return {name for name, geom in self.obj_geom.items() if geom in geoms}
+
     # ------------------------------------------------------------------ pixels
     def render(self) -> np.ndarray:
         """uint8 [V, H, W, 3]: agentview, then wrist if enabled."""
