@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("deploy.experiment:main", "demos -> SFT -> eval -> RL async/sync -> evals"),
     "compare": ("deploy.results:compare_main", "two evaluations side by side, paired McNemar test"),
     "report": ("deploy.report:main", "learning curves (PNG) and tables from run directories"),
+    "analyze": ("deploy.analyze:main", "strategies of successes, phases of failures, novelty"),
     "setup": ("actors.envs.setup:main", "setup libero | maniskill: install and check a simulator"),
     "keys": ("common.transport.curve:main", "generate CurveZMQ key pairs"),
     "deploy": ("deploy.ray_launch:main", "place store, learner and N actors on a Ray cluster"),
