@@ -38,7 +38,7 @@ def pushcut_experiment(args: list[str], timeout_s: float) -> str:
 
 
 def test_experiment_configs_compose_and_derive_their_paths(tmp_path):
-    for name in ("onedemo", "fulldemo", "tiny"):
+    for name in ("onedemo", "fulldemo", "tiny", "unseen"):
         cfg = load_config([f"experiment={name}", f"run_dir={tmp_path}"])
         check_config(cfg)
         assert cfg.demos.out == f"{tmp_path}/demos"
@@ -46,6 +46,18 @@ def test_experiment_configs_compose_and_derive_their_paths(tmp_path):
     assert (one.demos.per_task, one.sft.demos_per_task) == (1, 1)
     assert (full.demos.per_task, full.sft.demos_per_task) == (50, 50)
     assert one.learner.max_wall_s == 3600 and one.learner.snapshot_every > 0
+
+
+def test_the_unseen_experiment_is_onedemo_with_one_task_per_family_never_drawn(tmp_path):
+    cfg = load_config(["experiment=unseen", f"run_dir={tmp_path}"])
+    one = load_config(["experiment=onedemo"])
+    assert (cfg.demos.per_task, cfg.algo, cfg.learner) == (1, one.algo, one.learner)
+    assert dict(cfg.actor.task_weights) == {f"{f}/3": 0.0
+                                            for f in ("spatial", "object", "goal", "long")}
+    rl_async = next(s for s in stages(cfg, tmp_path) if s.name == "rl_async")
+    weights = next(a for a in rl_async.args if a.startswith("++actor.task_weights="))
+    assert load_config([weights]).actor.task_weights == cfg.actor.task_weights
+    assert cfg.env.tasks == [] and cfg.eval.episodes_per_task == 50   # evaluated on all 16
 
 
 def test_stage_plan_before_anything_ran(tmp_path):
