@@ -13,7 +13,10 @@ no tokens ([T, 0]), ``valid_mask`` [T, S*7], ``length`` = env steps, each demo i
 size C: SFT (``learner/sft/data.py``) re-chunks the action sequence into the C actions after
 every observation. S = 1 (default) observes every env step, which gives C times as many
 training decisions as S = C (BC pipelines train on every timestep). Failed demos are not
-kept: the recorder moves on to the next training init state (cycling) and counts them.
+kept: the recorder moves on to the next training init state (cycling) and counts them. On
+the tabletop suite each demo's index line also holds its behaviour fingerprint
+(``fingerprint``: actors/envs/tabletop/fingerprint.py), which ``pushcut analyze`` compares
+RL's successes with.
 With noise, ``demos.label = clean`` records what the expert meant at each visited state while
 the env executes the noisy action (DART, Laskey et al. 2017): the demos then visit the states
 a slightly wrong policy drifts into, labelled with the correction back.
@@ -22,6 +25,7 @@ Run: ``pushcut demos demos.per_task=50 demos.out=runs/demos``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -113,7 +117,8 @@ def main(cfg: PushcutConfig, args: list[str], overrides: Sequence[str] = ()) -> 
         print(f"pushcut demos: {out} already holds a dataset; choose another demos.out "
               "or delete it")
         return 2
-    env = make_env(cfg.env, cfg.seed)
+    # each demo's behaviour fingerprint goes into its index line (simulators that keep one)
+    env = make_env(dataclasses.replace(cfg.env, fingerprints=True), cfg.seed)
     if cfg.demos.per_task > cfg.env.num_train_init_states:
         # the tabletop suite draws layouts procedurally, so more training ids cost nothing
         print(f"pushcut demos: warning: demos.per_task={cfg.demos.per_task} > "
@@ -165,7 +170,8 @@ def _record_task(cfg: PushcutConfig, env, expert_cls, spec: TaskSpec, stat: dict
         if traj is None or not traj.success:
             stat["failed"] += 1
             continue
-        write_trajectory(cfg.demos.out, traj)
+        info = env.episode_info() if hasattr(env, "episode_info") else None
+        write_trajectory(cfg.demos.out, traj, {"fingerprint": info} if info else None)
         stat["kept"] += 1
         stat["steps"] += traj.length
         advance()

@@ -14,9 +14,11 @@ from typing import Iterator
 from common.wire.trajectory import Trajectory, decode, encode
 
 
-def write_trajectory(root: str | os.PathLike, traj: Trajectory) -> None:
+def write_trajectory(root: str | os.PathLike, traj: Trajectory,
+                     extra: dict | None = None) -> None:
     """Append one record; the file is written before its index line, so a crash never
-    leaves an index entry without its record."""
+    leaves an index entry without its record. ``extra``: more keys for its index line (a
+    demo's behaviour fingerprint)."""
     root = Path(root)
     (root / "records").mkdir(parents=True, exist_ok=True)
     rel = f"records/{traj.trajectory_id}.msgpack"
@@ -25,7 +27,7 @@ def write_trajectory(root: str | os.PathLike, traj: Trajectory) -> None:
     os.replace(tmp, root / rel)
     with open(root / "index.jsonl", "a") as f:
         f.write(json.dumps({"trajectory_id": traj.trajectory_id, "task_id": traj.task_id,
-                            "success": traj.success, "file": rel}) + "\n")
+                            "success": traj.success, "file": rel, **(extra or {})}) + "\n")
 
 
 def read_index(root: str | os.PathLike) -> list[dict]:

@@ -48,6 +48,10 @@ def test_demos_are_successful_expert_records_that_replay(tmp_path):
         assert np.array_equal(results[7].obs["images"], r.images[1])
     env.close()
     assert len({r.init_state_id for r in records[:2]}) == 2          # cycles through states
+    # each index line holds the demo's fingerprint: the expert grasps and places
+    prints = [line["fingerprint"] for line in read_index(out)]
+    assert [p["strategy"] for p in prints] == ["grasp_and_place"] * 4
+    assert [p["success_step"] for p in prints] == [r.length for r in records]
 
 
 def test_dense_demos_observe_every_step(tmp_path):

@@ -4,7 +4,8 @@ In: the env's :class:`~actors.envs.tabletop.sim.Sim` and task after every contro
 (:meth:`EpisodeTrace.observe`). Out (:meth:`EpisodeTrace.fingerprint`): which objects the
 fingers touched and in what order, whether each was lifted (its centre above its resting
 height) or only slid, the gripper's close and open events, the fingertip's path length, the
-step of success, a strategy label and, for a failed episode, the phase it ended in.
+step of success, the fingertip's path every ``PATH_STRIDE`` steps (mm; for distances to the
+demonstrations), a strategy label and, for a failed episode, the phase it ended in.
 
 Strategy (every family; the goals say which objects matter): ``grasp_and_place`` when every
 goal object was lifted, ``push`` when a goal object moved along the table without ever
@@ -30,6 +31,7 @@ LIFT_MIN = 0.02      # m above its resting height: the object was lifted, not sl
 SLIDE_MIN = 0.02     # m of travel on the table: the object was moved
 CLOSED, OPENED = 0.4 * FINGER_OPEN, 0.6 * FINGER_OPEN   # finger opening, with hysteresis
 NEAR_TARGET = 0.06   # m: a release this close to the target (xy) is a misplacement
+PATH_STRIDE = 4      # steps between the fingertip points kept (eval.json stays small)
 STRATEGIES = ("grasp_and_place", "push", "other")
 PHASES = ("never_reached", "grasp_failed", "timed_out", "misplaced", "dropped")
 
@@ -49,6 +51,7 @@ class EpisodeTrace:
         self.events: list[tuple[int, str]] = []
         self.tip = sim.gripper_qpos()[:3].copy()
         self.path = 0.0
+        self.points = [self._mm(self.tip)]
         self.closed = bool(sim.gripper_qpos()[4] < CLOSED)
         self.steps = 0
         self.success_step: int | None = None
@@ -59,6 +62,8 @@ class EpisodeTrace:
         g = sim.gripper_qpos()
         self.path += math.dist(g[:3], self.tip)
         self.tip = g[:3].copy()
+        if self.steps % PATH_STRIDE == 0:
+            self.points.append(self._mm(self.tip))
         opening = float(g[4])
         if not self.closed and opening < CLOSED:
             self.closed = True
@@ -79,6 +84,10 @@ class EpisodeTrace:
             self.held[o] = touching
         if success and self.success_step is None:
             self.success_step = self.steps
+
+    @staticmethod
+    def _mm(xyz: np.ndarray) -> list[int]:
+        return [round(1000 * float(v)) for v in xyz]
 
     def strategy(self) -> str:
         movers = [g[1] for g in self.task.goals]
@@ -116,6 +125,7 @@ class EpisodeTrace:
                            if self.lift[o] <= LIFT_MIN and self.travel[o] > SLIDE_MIN),
             "gripper_events": [[step, kind] for step, kind in self.events],
             "path_m": round(self.path, 4),
+            "path_mm": list(self.points),
             "success_step": self.success_step,
             "strategy": self.strategy(),
             "failure_phase": self.failure_phase(sim),
