@@ -30,6 +30,20 @@ def groups_of(policy, seed=0, n=3, version=0):
                           policy_version=version, task_id=f"spatial/{g}") for g in range(n)]
 
 
+def sgd_step(model, loss, lr):
+    """The naive side of a step: backward, then p -= lr * grad."""
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+
+
+def assert_same_weights(a, b):
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+
+
 def test_collate_rows_advantages_and_round_trip():
     policy = micro_policy()
     groups = groups_of(policy)
@@ -180,13 +194,8 @@ def test_mini_batches_take_one_step_each_on_their_own_trajectories(epochs):
         logp = naive.log_probs(part.obs(), part.tokens, TEMPERATURE)
         w = token_weights(part.valid_mask, part.traj_index, batch.num_trajectories)
         loss, _ = policy_loss(logp, proximal[rows], part.behaviour_log_probs, part.advantages, w)
-        (loss * 2).backward()
-        with torch.no_grad():
-            for p in naive.parameters():
-                if p.grad is not None:
-                    p -= lr * p.grad
-    for p, q in zip(policy.parameters(), naive.parameters()):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+        sgd_step(naive, loss * 2, lr)
+    assert_same_weights(policy, naive)
 
 
 def test_replayed_successes_add_their_weighted_log_likelihood_to_each_step():
@@ -220,13 +229,8 @@ def test_replayed_successes_add_their_weighted_log_likelihood_to_each_step():
         loss, _ = policy_loss(logp, proximal[rows], part.behaviour_log_probs, part.advantages, w)
         w_replay = token_weights(mine.valid_mask, mine.traj_index, batch.num_trajectories) * coef
         nll, _ = imitation_loss(naive.log_probs(mine.obs(), mine.tokens, TEMPERATURE), w_replay)
-        ((loss + nll) * 2).backward()
-        with torch.no_grad():
-            for p in naive.parameters():
-                if p.grad is not None:
-                    p -= lr * p.grad
-    for p, q in zip(policy.parameters(), naive.parameters()):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-6)
+        sgd_step(naive, (loss + nll) * 2, lr)
+    assert_same_weights(policy, naive)
     # the statistic: token-mean NLL per replayed trajectory, averaged, at the step's weights
     mean_nll = token_weights(replay.valid_mask, replay.traj_index, 3) * replay_nll
     assert stats["replay_nll"] == pytest.approx(float(mean_nll.sum()), rel=0.05)
