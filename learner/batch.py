@@ -132,9 +132,12 @@ def stack(trajs: list[Trajectory], advantages: torch.Tensor) -> Batch:
         temperature=float(trajs[0].temperature))
 
 
-def rank_trajectories(num_trajectories: int, rank: int, world_size: int) -> np.ndarray:
-    """The trajectory indices rank ``rank`` trains on: contiguous, sizes differ by <= 1."""
-    if num_trajectories < world_size:
+def rank_trajectories(num_trajectories: int, rank: int, world_size: int,
+                      allow_empty: bool = False) -> np.ndarray:
+    """The trajectory indices rank ``rank`` trains on: contiguous, sizes differ by <= 1.
+    ``allow_empty``: fewer trajectories than ranks leave some ranks none (the replayed
+    successes; such a rank runs a zero-weight pass) instead of being refused."""
+    if num_trajectories < world_size and not allow_empty:
         raise ValueError(f"{num_trajectories} trajectories cannot be split over "
                          f"{world_size} ranks")
     return np.array_split(np.arange(num_trajectories), world_size)[rank]

@@ -147,7 +147,7 @@ class Trainer:
                                               self.world_size))
         replayed = None
         if replay:
-            share = np.array_split(np.arange(len(replay)), self.world_size)[self.rank]
+            share = rank_trajectories(len(replay), self.rank, self.world_size, allow_empty=True)
             if len(share):
                 # advantage 1: imitation_loss weighs by the replay weights, not advantages
                 replayed = stack([replay[i] for i in share], torch.ones(len(share)))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from common.config.schema import AlgoConfig
-from learner.batch import collate, micro_batches, pack_groups, stack, unpack_groups
+from learner.batch import (collate, micro_batches, pack_groups, rank_trajectories, stack,
+                           unpack_groups)
 from learner.grpo import GRPO
 from learner.loss import imitation_loss, policy_loss, token_weights
 from tests.learner.helpers import TEMPERATURE, micro_policy, sampled_group
@@ -276,3 +277,10 @@ def test_a_non_finite_loss_never_steps_the_optimiser(monkeypatch):
     assert np.isfinite(stats["grad_norm"]) and stats["grad_norm"] > 0
     assert np.isnan(stats["loss"]) and stats["policy_version"] == 1
     assert torch.equal(before, after)
+
+
+def test_rank_shares_are_contiguous_and_empty_only_when_allowed():
+    assert [rank_trajectories(5, r, 2).tolist() for r in range(2)] == [[0, 1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="cannot be split"):
+        rank_trajectories(1, 0, 2)
+    assert [rank_trajectories(1, r, 2, allow_empty=True).tolist() for r in range(2)] == [[0], []]
